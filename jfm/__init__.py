@@ -1,0 +1,40 @@
+"""jfm: flow matching and diffusion models in JAX, as pure functions.
+
+The public namespace is flat (``jfm.<Name>``); code lives in private modules and this
+file only re-exports. ``jfm.models``, ``jfm.data`` and ``jfm.metrics`` are public
+subpackages.
+"""
+
+from . import data as data, metrics as metrics, models as models
+from ._analytic import GaussianMixture as GaussianMixture
+from ._loss import (
+    cfm_loss as cfm_loss,
+    logit_normal_time as logit_normal_time,
+    uniform_time as uniform_time,
+)
+from ._model import (
+    ModelField as ModelField,
+    field_from_model as field_from_model,
+    split_model as split_model,
+)
+from ._paths import (
+    VE as VE,
+    VP as VP,
+    AbstractPath as AbstractPath,
+    AbstractSchedule as AbstractSchedule,
+    AffinePath as AffinePath,
+    CondOT as CondOT,
+    Cosine as Cosine,
+    CustomSchedule as CustomSchedule,
+    Polynomial as Polynomial,
+)
+from ._solve import ODEResult as ODEResult, sample_ode as sample_ode
+from ._train import (
+    TrainState as TrainState,
+    fit as fit,
+    init_train_state as init_train_state,
+    make_train_step as make_train_step,
+)
+from .metrics import energy_distance as energy_distance
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+# STUB: the `jfm` command line.
+def main(argv=None):
+    raise NotImplementedError

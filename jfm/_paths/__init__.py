@@ -1,0 +1,11 @@
+from .affine import AffinePath as AffinePath
+from .base import AbstractPath as AbstractPath
+from .schedule import (
+    VE as VE,
+    VP as VP,
+    AbstractSchedule as AbstractSchedule,
+    CondOT as CondOT,
+    Cosine as Cosine,
+    CustomSchedule as CustomSchedule,
+    Polynomial as Polynomial,
+)

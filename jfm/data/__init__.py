@@ -1,0 +1,1 @@
+"""Built-in datasets. STUB: to be written (helper D)."""

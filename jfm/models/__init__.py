@@ -1,0 +1,1 @@
+"""Flax NNX networks (batch-first). STUB: to be written (helper C)."""

@@ -1,0 +1,53 @@
+"""Parameter sets and tolerance helpers shared by the tests."""
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import jfm
+
+#: One instance of every built-in schedule (wrapped in AffinePath by the tests).
+ALL_SCHEDULES = [
+    jfm.CondOT(),
+    jfm.Cosine(),
+    jfm.Polynomial(2.0),
+    jfm.VP(0.1, 20.0),
+    jfm.VE(0.01, 50.0),
+]
+ALL_PATHS = [jfm.AffinePath(s) for s in ALL_SCHEDULES]
+PATH_IDS = ["condot", "cosine", "poly2", "vp", "ve"]
+
+#: Fixed-step solvers with their classical order.
+FIXED_ODE_SOLVERS = [
+    (dfx.Euler(), 1),
+    (dfx.Heun(), 2),
+    (dfx.Midpoint(), 2),
+    (dfx.Ralston(), 2),
+    (dfx.Bosh3(), 3),
+    (dfx.Tsit5(), 5),
+]
+ADAPTIVE_ODE_SOLVERS = [dfx.Heun(), dfx.Bosh3(), dfx.Dopri5(), dfx.Tsit5(), dfx.Dopri8()]
+
+DTYPES = [jnp.float32, jnp.float64]
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def tol(dtype, f64: float, f32: float) -> float:
+    """Pick a tolerance by dtype (one place to loosen for GPUs' reduced precision)."""
+    scale = 10.0 if on_gpu() else 1.0
+    return scale * (f64 if jnp.dtype(dtype) == jnp.float64 else f32)
+
+
+def raises_arg(exc, name: str, msg: str = ""):
+    """``pytest.raises`` for a bad argument ``name``.
+
+    jfm's own checks raise ``exc`` with a message naming `name`; under the suite's
+    jaxtyping+beartype hook an annotation violation may fire first as a TypeError naming
+    ``parameter 'name'``. Both name the argument, which is what these tests demand.
+    """
+    import pytest
+
+    pattern = f"`{name}`{'.*' + msg if msg else ''}|parameter '{name}'"
+    return pytest.raises((exc, TypeError), match=pattern)
