@@ -6,7 +6,17 @@ subpackages.
 """
 
 from . import data as data, metrics as metrics, models as models
-from ._analytic import GaussianMixture as GaussianMixture
+from ._analytic import GaussianMixture as GaussianMixture, MixtureField as MixtureField
+from ._divergence import (
+    divergence_exact as divergence_exact,
+    divergence_hutchinson as divergence_hutchinson,
+)
+from ._fields import density_guidance as density_guidance
+from ._likelihood import (
+    LogProbInfo as LogProbInfo,
+    bits_per_dim as bits_per_dim,
+    log_prob as log_prob,
+)
 from ._loss import (
     cfm_loss as cfm_loss,
     logit_normal_time as logit_normal_time,
@@ -33,7 +43,9 @@ from ._train import (
     TrainState as TrainState,
     fit as fit,
     init_train_state as init_train_state,
+    latest_step as latest_step,
     make_train_step as make_train_step,
+    restore_checkpoint as restore_checkpoint,
 )
 from .metrics import energy_distance as energy_distance
 
