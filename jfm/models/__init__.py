@@ -1,1 +1,11 @@
-"""Flax NNX networks (batch-first). STUB: to be written (helper C)."""
+"""Flax NNX networks for jfm (batch-first).
+
+Models take ``(t[B], x[B, *event], args)`` and return ``[B, *event]``; they cross into
+jfm's pure functions through :func:`jfm.split_model` and :func:`jfm.field_from_model`.
+"""
+
+from ._embed import (
+    SinusoidalEmbedding as SinusoidalEmbedding,
+    sinusoidal_embedding as sinusoidal_embedding,
+)
+from ._mlp import MLP as MLP

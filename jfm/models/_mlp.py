@@ -1,0 +1,233 @@
+"""A time-conditioned multilayer perceptron (Flax NNX, batch-first)."""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, ArrayLike, Float
+
+from .._misc import is_concrete
+from ._embed import sinusoidal_embedding
+
+
+def _cast_to_compute_dtype(args, /, *, dtype=None, inexact=True):
+    """Flax ``promote_dtype`` hook: cast (inputs, kernel, bias) to the compute dtype.
+
+    The compute dtype is ``dtype`` when given, else the dtype of the inputs (the first
+    element). Unlike Flax's default (``jnp.result_type``, which raises under strict dtype
+    promotion when the parameter and input dtypes differ), this never promotes implicitly.
+    """
+    del inexact
+    dtype = args[0].dtype if dtype is None else dtype
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int; got {type(value)}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}; got {name}={value}.")
+    return int(value)
+
+
+class MLP(nnx.Module):
+    r"""A multilayer perceptron conditioned on time (and optionally a class label).
+
+    Batch-first: ``__call__(t[B], x[B, *event], args) -> [B, *event]``. The event axes of
+    ``x`` are flattened (``in_features = prod(event)``) and concatenated with the
+    sinusoidal embedding of ``t`` (:func:`jfm.models.sinusoidal_embedding` with
+    ``time_scale``) and, when ``num_classes`` is set, a learned class embedding; then
+    ``depth`` hidden layers ``h <- activation(W h + b)`` of width ``hidden_features`` and a
+    final linear layer back to ``in_features``, reshaped to the event shape.
+
+    Class conditioning (``num_classes = K``): ``args`` is an integer label array of shape
+    ``(B,)`` with values in ``{0, ..., K}``; the extra value ``K`` is the *null* class
+    used for classifier-free guidance (drop labels to ``K`` during training, evaluate both
+    the conditional and the null model at sampling time). The embedding table has
+    ``K + 1`` rows. Labels out of range cannot be checked on traced values (Flax's
+    ``Embed`` then returns ``nan``); concrete labels are checked. Without
+    ``num_classes`` the model ignores ``args``.
+
+    Dtypes: parameters are stored in ``param_dtype`` (default float32). The computation
+    runs in ``dtype`` when given, else in ``x``'s dtype: parameters and ``t`` are cast to
+    it (no implicit promotion, so the model works under
+    ``jax_numpy_dtype_promotion="strict"``), and the output has that dtype. Gradients
+    with respect to the parameters come back in ``param_dtype``.
+
+    Args:
+        in_features: ``prod(event_shape)``, e.g. ``2`` for 2-d points, ``64`` for 8x8x1.
+        hidden_features: width of the hidden layers (default 512).
+        depth: number of hidden layers (default 4; ``0`` gives an affine map of the
+            concatenated input).
+        time_embed_dim: size of the sinusoidal time embedding (even, default 64).
+        activation: elementwise nonlinearity (default ``nnx.silu``).
+        num_classes: number of classes ``K`` for class conditioning, or ``None``.
+        class_embed_dim: size of the learned class embedding (default
+            ``time_embed_dim``); only with ``num_classes``.
+        time_scale: the factor multiplying ``t`` in the sinusoidal embedding (default
+            1000, see :func:`jfm.models.sinusoidal_embedding`).
+        param_dtype: dtype of the parameters (default float32).
+        dtype: computation dtype, or ``None`` (default) for the dtype of ``x``.
+        rngs: ``nnx.Rngs`` for initialisation (keyword-only, required).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from jfm.models import MLP
+        >>> net = MLP(2, hidden_features=32, depth=2, rngs=nnx.Rngs(0))
+        >>> net(jnp.zeros(5), jnp.zeros((5, 2))).shape
+        (5, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        hidden_features: int = 512,
+        depth: int = 4,
+        time_embed_dim: int = 64,
+        activation: Callable[[Array], Array] = nnx.silu,
+        num_classes: int | None = None,
+        class_embed_dim: int | None = None,
+        time_scale: float = 1000.0,
+        param_dtype: Any = jnp.float32,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = _check_positive_int(in_features, "in_features")
+        hidden_features = _check_positive_int(hidden_features, "hidden_features")
+        self.depth = _check_positive_int(depth, "depth", minimum=0)
+        self.time_embed_dim = _check_positive_int(time_embed_dim, "time_embed_dim", 2)
+        if self.time_embed_dim % 2:
+            raise ValueError(f"`time_embed_dim` must be even; got {self.time_embed_dim}.")
+        if not callable(activation):
+            raise TypeError(f"`activation` must be callable; got {type(activation)}.")
+        if not float(time_scale) > 0:
+            raise ValueError(f"`time_scale` must be > 0; got time_scale={time_scale}.")
+        if not jnp.issubdtype(param_dtype, jnp.floating):
+            raise TypeError(f"`param_dtype` must be a floating dtype; got {param_dtype}.")
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"`dtype` must be a floating dtype or None; got {dtype}.")
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"`rngs` must be an nnx.Rngs, e.g. nnx.Rngs(0); got {type(rngs)}.")
+        self.activation = activation
+        self.time_scale = float(time_scale)
+        self.dtype = dtype
+        self.num_classes = (
+            None if num_classes is None else _check_positive_int(num_classes, "num_classes")
+        )
+        width = self.in_features + self.time_embed_dim
+        if self.num_classes is None:
+            if class_embed_dim is not None:
+                raise ValueError("`class_embed_dim` is only used with `num_classes`; got both.")
+            self.class_embed = None
+        else:
+            cdim = self.time_embed_dim if class_embed_dim is None else class_embed_dim
+            cdim = _check_positive_int(cdim, "class_embed_dim")
+            self.class_embed = nnx.Embed(
+                self.num_classes + 1, cdim, param_dtype=param_dtype, rngs=rngs
+            )
+            width += cdim
+        linear = dict(param_dtype=param_dtype, promote_dtype=_cast_to_compute_dtype, rngs=rngs)
+        layers = []
+        for _ in range(self.depth):
+            layers.append(nnx.Linear(width, hidden_features, **linear))
+            width = hidden_features
+        self.hidden = nnx.List(layers)
+        self.out = nnx.Linear(width, self.in_features, **linear)
+
+    def __call__(
+        self,
+        t: Float[ArrayLike, "*batch"],
+        x: Float[Array, " batch *event"],
+        args: Any = None,
+    ) -> Float[Array, " batch *event"]:
+        """Evaluate the network on a batch.
+
+        Args:
+            t: ``(B,)`` times (a scalar is broadcast to the batch).
+            x: ``(B, *event)`` states, ``prod(event) == in_features``.
+            args: ``(B,)`` integer labels in ``{0, ..., num_classes}`` (a scalar label is
+                broadcast) when the model is
+                class-conditional (``num_classes`` = null class); ignored otherwise.
+
+        Returns:
+            ``(B, *event)`` in the computation dtype (``x``'s unless ``dtype`` was set).
+
+        Raises:
+            ValueError/TypeError: bad shapes or dtypes of ``t``, ``x`` or the labels.
+        """
+        if not isinstance(x, (jax.Array, np.ndarray)):
+            raise TypeError(f"`x` must be an array of shape (B, *event); got {type(x)}.")
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"`x` must have a floating dtype; got {x.dtype}.")
+        if x.ndim < 1:
+            raise ValueError(f"`x` must have shape (B, *event); got a scalar, shape {x.shape}.")
+        batch, event = x.shape[0], x.shape[1:]
+        if math.prod(event) != self.in_features:
+            raise ValueError(
+                f"`x` must have shape (B, *event) with prod(event) == in_features="
+                f"{self.in_features}; got x.shape={x.shape}."
+            )
+        cdtype = x.dtype if self.dtype is None else jnp.dtype(self.dtype)
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            raise TypeError(f"`t` must have a floating dtype; got {t.dtype}.")
+        if t.shape == ():
+            t = jnp.broadcast_to(t, (batch,))
+        if t.shape != (batch,):
+            raise ValueError(
+                f"`t` must have shape (B,) = ({batch},) to match x.shape={x.shape} (or be a "
+                f"scalar); got t.shape={t.shape}."
+            )
+        feats = [
+            x.reshape(batch, self.in_features).astype(cdtype),
+            sinusoidal_embedding(t.astype(cdtype), self.time_embed_dim, scale=self.time_scale),
+        ]
+        if self.class_embed is not None:
+            feats.append(self._embed_labels(args, batch).astype(cdtype))
+        h = jnp.concatenate(feats, axis=-1)
+        for layer in self.hidden:
+            h = self.activation(layer(h))
+        return self.out(h).reshape(batch, *event)
+
+    def _embed_labels(self, labels, batch: int) -> Array:
+        k = self.num_classes
+        if labels is None:
+            raise ValueError(
+                f"`args` must hold the (B,) integer class labels of this class-conditional "
+                f"MLP (num_classes={k}; label {k} is the null class); got None."
+            )
+        if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(
+            labels, bool
+        ):
+            raise TypeError(
+                f"`args` must be an integer label array of shape (B,); got {type(labels)}."
+            )
+        labels = jnp.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(
+                f"`args` (class labels) must have an integer dtype; got {labels.dtype}."
+            )
+        if labels.shape == ():
+            labels = jnp.broadcast_to(labels, (batch,))
+        if labels.shape != (batch,):
+            raise ValueError(
+                f"`args` (class labels) must have shape (B,) = ({batch},); got {labels.shape}."
+            )
+        if labels.size and is_concrete(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi > k:
+                raise ValueError(
+                    f"`args` (class labels) must lie in [0, {k}] ({k} is the null class); "
+                    f"got values in [{lo}, {hi}]."
+                )
+        return self.class_embed(labels)
+
+
+__all__ = ["MLP"]
