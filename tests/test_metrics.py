@@ -1,0 +1,249 @@
+"""Tests for jfm.metrics: energy distance and MMD."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+import scipy.stats
+from jax.test_util import check_grads
+
+import jfm
+
+from .helpers import raises_arg
+
+# Jitted once per shape/option set: eager dispatch compiles every primitive separately,
+# which dominates the run time of this file. test_eager_jit_vmap_and_dtype checks eager.
+energy_distance = jax.jit(jfm.energy_distance, static_argnames=("unbiased", "chunk_size"))
+mmd = jax.jit(jfm.metrics.mmd, static_argnames=("unbiased", "chunk_size"))
+
+
+# -- independent references -------------------------------------------------------------
+
+
+def _loop_mean(a, b, f, skip_diag):
+    """Mean of f(|a_i - b_j|) over all pairs (or i != j) by an explicit double loop."""
+    total, count = 0.0, 0
+    for i in range(len(a)):
+        for j in range(len(b)):
+            if skip_diag and i == j:
+                continue
+            total += f(math.sqrt(sum((float(u) - float(v)) ** 2 for u, v in zip(a[i], b[j]))))
+            count += 1
+    return total / count
+
+
+def _energy_loop(x, y, unbiased):
+    x, y = np.reshape(x, (len(x), -1)), np.reshape(y, (len(y), -1))
+    d = lambda r: r  # noqa: E731
+    return (
+        2 * _loop_mean(x, y, d, False)
+        - _loop_mean(x, x, d, unbiased)
+        - _loop_mean(y, y, d, unbiased)
+    )
+
+
+def _mmd_loop(x, y, bandwidths, unbiased):
+    x, y = np.reshape(x, (len(x), -1)), np.reshape(y, (len(y), -1))
+    k = lambda r: sum(math.exp(-(r**2) / (2 * b**2)) for b in bandwidths)  # noqa: E731
+    return (
+        _loop_mean(x, x, k, unbiased)
+        + _loop_mean(y, y, k, unbiased)
+        - 2 * _loop_mean(x, y, k, False)
+    )
+
+
+def _folded_normal_mean(m, s):
+    """E|Z| for Z ~ N(m, s^2)."""
+    return s * math.sqrt(2 / math.pi) * math.exp(-(m**2) / (2 * s**2)) + m * (
+        1 - 2 * scipy.stats.norm.cdf(-m / s)
+    )
+
+
+def _rbf_mean(delta, var, bw):
+    """E exp(-(X - Y)^2 / (2 bw^2)) for X - Y ~ N(delta, var)."""
+    v = bw**2 + var
+    return bw / math.sqrt(v) * math.exp(-(delta**2) / (2 * v))
+
+
+# -- exactness against a double loop ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 2])  # 2: blocked lax.map path with a remainder
+def test_against_double_loop(unbiased, chunk_size, getkey):
+    x = jr.normal(getkey(), (7, 3))
+    y = 0.5 + 2 * jr.normal(getkey(), (5, 3))
+    x = x.at[4].set(x[1])  # a repeated point: off-diagonal zero distances
+    y = y.at[0].set(x[2])  # and one shared between the sets
+    kw = dict(unbiased=unbiased, chunk_size=chunk_size)
+    # Same sums, different order: float64 round-off only.
+    np.testing.assert_allclose(
+        energy_distance(x, y, **kw), _energy_loop(x, y, unbiased), rtol=1e-12, atol=1e-12
+    )
+    bws = (0.7, 2.5) if chunk_size else 1.3  # multi-scale and single bandwidth
+    np.testing.assert_allclose(
+        mmd(x, y, bandwidth=bws, **kw),
+        _mmd_loop(x, y, np.atleast_1d(bws), unbiased),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_image_shaped_inputs_are_flattened(getkey):
+    x, y = jr.normal(getkey(), (6, 2, 3, 1)), jr.normal(getkey(), (4, 2, 3, 1))
+    # Identical computation after the reshape: bitwise equal.
+    assert energy_distance(x, y) == energy_distance(x.reshape(6, -1), y.reshape(4, -1))
+    # Against the loops on flattened images: float64 round-off.
+    np.testing.assert_allclose(energy_distance(x, y), _energy_loop(x, y, False), rtol=1e-12)
+    np.testing.assert_allclose(mmd(x, y, bandwidth=2.0), _mmd_loop(x, y, [2.0], False), rtol=1e-12)
+
+
+def test_energy_distance_matches_scipy_in_1d(getkey):
+    x, y = jr.normal(getkey(), (300,)), 0.3 + 1.5 * jr.normal(getkey(), (200,))
+    # scipy's 1-D energy distance (via CDFs) is the square root of the V-statistic.
+    ref = scipy.stats.energy_distance(np.asarray(x), np.asarray(y)) ** 2
+    np.testing.assert_allclose(energy_distance(x[:, None], y[:, None]), ref, rtol=1e-10)
+
+
+# -- known properties ------------------------------------------------------------------------
+
+
+def test_zero_for_identical_sets_symmetric_nonnegative(getkey):
+    # Equal sizes keep this to one compilation; unequal sizes are covered by the loops.
+    x, y = jr.normal(getkey(), (40, 3)), jr.normal(getkey(), (40, 3)) + 0.2
+    shuffled = x[jr.permutation(getkey(), 40)]  # the same multiset, another order
+    # 2A - A - A: zero up to the round-off of the summed means.
+    assert abs(float(energy_distance(x, shuffled))) < 1e-14
+    assert abs(float(mmd(x, shuffled, bandwidth=1.0))) < 1e-14
+    # Symmetric up to summation order.
+    np.testing.assert_allclose(energy_distance(x, y), energy_distance(y, x), rtol=1e-13)
+    np.testing.assert_allclose(mmd(x, y, bandwidth=1.0), mmd(y, x, bandwidth=1.0), rtol=1e-13)
+    assert float(energy_distance(x, y)) > 0 and float(mmd(x, y, bandwidth=1.0)) > 0
+    # Multi-scale kernel = sum of single-scale MMDs (linearity in the kernel).
+    np.testing.assert_allclose(
+        mmd(x, y, bandwidth=[0.5, 2.0]),
+        mmd(x, y, bandwidth=0.5) + mmd(x, y, bandwidth=2.0),
+        rtol=1e-13,
+    )
+
+
+def test_energy_distance_closed_form_two_gaussians(getkey):
+    # X ~ N(0, 1), Y ~ N(mu, 1) in 1-D: X - Y ~ N(-mu, 2), X - X' ~ N(0, 2), so
+    # D^2 = 2 E|N(mu, 2)| - 2 E|N(0, 2)|. Unbiased estimator, R independent replicates.
+    mu, n, reps = 0.8, 250, 256  # SE^2 ~ 1/(n reps), cost ~ n^2 reps: small sets, many reps
+    exact = 2 * _folded_normal_mean(mu, math.sqrt(2)) - 2 * _folded_normal_mean(0.0, math.sqrt(2))
+
+    def one(key):
+        kx, ky = jr.split(key)
+        x, y = jr.normal(kx, (n, 1)), mu + jr.normal(ky, (n, 1))
+        return energy_distance(x, y, unbiased=True)
+
+    # lax.map in blocks of 32 replicates: one compilation, bounded memory.
+    vals = np.asarray(
+        jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=32))(jr.split(getkey(), reps))
+    )
+    se = vals.std(ddof=1) / math.sqrt(reps)
+    assert se < 0.02 * exact  # the check below is sharp (4 SE ~ 6% of the value)
+    assert abs(vals.mean() - exact) < 4 * se, (vals.mean(), exact, se)  # 4 SE (t, 255 dof)
+
+
+def test_mmd_closed_form_two_gaussians(getkey):
+    # X ~ N(a, s1^2), Y ~ N(b, s2^2): E k(X, Y) = l / sqrt(l^2 + s1^2 + s2^2)
+    # exp(-(a - b)^2 / (2 (l^2 + s1^2 + s2^2))), summed over the bandwidths l.
+    a, s1, b, s2, bws = 0.0, 1.0, 0.5, 1.5, (0.5, 2.0)
+    n, reps = 250, 256
+    exact = sum(
+        _rbf_mean(0.0, 2 * s1**2, bw)
+        + _rbf_mean(0.0, 2 * s2**2, bw)
+        - 2 * _rbf_mean(a - b, s1**2 + s2**2, bw)
+        for bw in bws
+    )
+
+    def one(key):
+        kx, ky = jr.split(key)
+        x, y = a + s1 * jr.normal(kx, (n, 1)), b + s2 * jr.normal(ky, (n, 1))
+        return mmd(x, y, bandwidth=bws, unbiased=True)
+
+    vals = np.asarray(
+        jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=32))(jr.split(getkey(), reps))
+    )
+    se = vals.std(ddof=1) / math.sqrt(reps)
+    assert se < 0.02 * exact  # the check below is sharp
+    assert abs(vals.mean() - exact) < 4 * se, (vals.mean(), exact, se)  # 4 SE (t, 255 dof)
+
+
+def test_gradients_finite_at_coincident_points(getkey):
+    x = jr.normal(getkey(), (20, 3))
+    x = x.at[5].set(x[3])  # duplicate rows: zero distances off the diagonal too
+    for f in (
+        lambda a: energy_distance(a, x),
+        lambda a: energy_distance(a, x, chunk_size=3),
+        lambda a: mmd(a, x, bandwidth=[0.5, 1.0]),
+    ):
+        g = jax.jit(jax.grad(f))(x)
+        assert bool(jnp.all(jnp.isfinite(g)))
+        # x is the minimiser of a V-statistic discrepancy to itself: zero gradient.
+        np.testing.assert_allclose(g, 0.0, atol=1e-12)
+    assert bool(jnp.all(jnp.isfinite(jax.jit(jax.grad(lambda a: energy_distance(a, a)))(x))))
+
+
+def test_gradients_match_finite_differences(getkey):
+    x, y = jr.normal(getkey(), (6, 2)), jr.normal(getkey(), (5, 2)) + 0.3
+    # check_grads compares reverse mode with central differences (float64 tolerances).
+    for f in (
+        lambda a: energy_distance(a, y, chunk_size=4),  # blocked path: checkpointed lax.map
+        lambda a: mmd(a, y, bandwidth=[0.5, 1.5]),
+    ):
+        check_grads(jax.jit(f), (x,), order=1, modes=("rev",))
+
+
+def test_eager_jit_vmap_and_dtype(getkey):
+    x, y = jr.normal(getkey(), (30, 4)), jr.normal(getkey(), (25, 4))
+    for eager, jitted in (
+        (jfm.energy_distance, energy_distance),
+        (lambda a, b: jfm.metrics.mmd(a, b, bandwidth=1.0), lambda a, b: mmd(a, b, bandwidth=1.0)),
+    ):
+        # Same program, compiled once vs op by op: round-off only.
+        np.testing.assert_allclose(jitted(x, y), eager(x, y), rtol=1e-12)
+        out32 = jitted(x.astype(jnp.float32), y.astype(jnp.float32))
+        assert out32.dtype == jnp.float32 and out32.shape == ()
+        np.testing.assert_allclose(out32, eager(x, y), rtol=1e-4)  # float32 round-off
+        # Batched over sets with vmap: equals one call per set.
+        xs = jnp.stack([x, 2 * x])
+        batched = jax.vmap(jitted, in_axes=(0, None))(xs, y)
+        np.testing.assert_allclose(batched[1], jitted(2 * x, y), rtol=1e-12)
+    # A traced bandwidth is accepted (its value cannot be checked then).
+    np.testing.assert_allclose(
+        jax.jit(lambda b: jfm.metrics.mmd(x, y, bandwidth=b))(1.0),
+        mmd(x, y, bandwidth=1.0),
+        rtol=1e-12,
+    )
+
+
+def test_errors(getkey):
+    x, y = jr.normal(getkey(), (5, 3)), jr.normal(getkey(), (4, 3))
+    for f in (jfm.energy_distance, lambda a, b: jfm.metrics.mmd(a, b, bandwidth=1.0)):
+        with raises_arg(ValueError, "x", "same event"):
+            f(x, y[:, :2])
+        with raises_arg(ValueError, "y", "at least one sample"):
+            f(x, y[:0])
+        with raises_arg(ValueError, "x", "at least 2 dimensions"):
+            f(x[:, 0], y[:, 0])
+        with raises_arg(TypeError, "x"):
+            f(jnp.ones((5, 3), jnp.int32), y)
+        with raises_arg(TypeError, "x", "same dtype"):
+            f(x.astype(jnp.float32), y)
+        with raises_arg(ValueError, "x", "at least 2 samples"):
+            f(x[:1], y, unbiased=True) if f is jfm.energy_distance else jfm.metrics.mmd(
+                x[:1], y, bandwidth=1.0, unbiased=True
+            )
+    with raises_arg(ValueError, "chunk_size"):
+        jfm.energy_distance(x, y, chunk_size=0)
+    for bad in (0.0, -1.0, float("nan"), [1.0, -2.0], []):
+        with raises_arg(ValueError, "bandwidth", "> 0|non-empty"):
+            jfm.metrics.mmd(x, y, bandwidth=bad)
+    with raises_arg(ValueError, "bandwidth"):
+        jfm.metrics.mmd(x, y, bandwidth=jnp.ones((2, 2)))
