@@ -3,6 +3,7 @@
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
+
 import jfm
 
 #: One instance of every built-in schedule (wrapped in AffinePath by the tests).

@@ -5,11 +5,12 @@ import math
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import jfm
 import numpy as np
 import pytest
 import scipy.integrate
 import scipy.stats
+
+import jfm
 
 from .helpers import ALL_PATHS, ALL_SCHEDULES, PATH_IDS, raises_arg
 

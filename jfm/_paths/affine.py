@@ -5,7 +5,14 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._custom_types import RealScalarLike
-from .._misc import PARAMETRIZATIONS, check_array, check_key, check_name, check_scalar_time, is_concrete
+from .._misc import (
+    PARAMETRIZATIONS,
+    check_array,
+    check_key,
+    check_name,
+    check_scalar_time,
+    is_concrete,
+)
 from .base import AbstractPath
 from .schedule import AbstractSchedule, check_schedule
 
