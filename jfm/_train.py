@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._misc import check_key
 
