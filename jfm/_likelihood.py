@@ -34,8 +34,8 @@ from ._paths import AbstractPath
 from ._solve import (
     _INITIAL_STEP_NFE,
     _check_int,
+    _check_step_control,
     _check_time,
-    _check_tol,
     _count_nfe,
     _FirstRejections,
 )
@@ -390,40 +390,9 @@ def log_prob(
         adjoint = dfx.RecursiveCheckpointAdjoint()
     elif not isinstance(adjoint, dfx.AbstractAdjoint):
         raise TypeError(f"`adjoint` must be a diffrax adjoint or None; got {type(adjoint)}.")
-    how = (
-        "pass either steps=N (fixed step) or both rtol=... and atol=... (adaptive step); "
-        f"got steps={steps!r}, rtol={rtol!r}, atol={atol!r}"
+    steps, rtol, atol, dt0, adaptive = _check_step_control(
+        solver, steps, rtol, atol, dt0, max_steps, t1, t0, dtype
     )
-    if steps is not None:
-        if rtol is not None or atol is not None:
-            raise ValueError(f"`steps` and `rtol`/`atol` exclude each other: {how}.")
-        steps = _check_int(steps, "steps", 1)
-        if steps > max_steps:
-            raise ValueError(
-                f"`steps`={steps} exceeds `max_steps`={max_steps}; pass max_steps>={steps}."
-            )
-        if dt0 is not None:
-            raise ValueError(f"`dt0` is for adaptive stepping only; got dt0={dt0!r}.")
-        adaptive = False
-    else:
-        if rtol is None or atol is None:
-            raise ValueError(f"No step control chosen: {how}.")
-        if not isinstance(solver, dfx.AbstractAdaptiveSolver):
-            raise ValueError(
-                f"`solver`={type(solver).__name__}() has no error estimate, so it cannot "
-                "take adaptive steps (rtol/atol); pass steps=N or an adaptive solver such "
-                "as dfx.Dopri5()."
-            )
-        rtol = _check_tol(rtol, "rtol", dtype)
-        atol = _check_tol(atol, "atol", dtype)
-        if dt0 is not None:
-            dt0 = _check_time(dt0, "dt0", dtype)
-            if is_concrete(dt0) and not float(dt0) < 0:
-                raise ValueError(
-                    f"`dt0` must be negative (the solve runs from t1 back to t0); got "
-                    f"dt0={float(dt0)}."
-                )
-        adaptive = True
 
     messages = (
         f"jfm.log_prob: max_steps={max_steps} reached before t0; raise max_steps or loosen "

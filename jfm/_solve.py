@@ -152,6 +152,51 @@ def _check_int(v, name, lo):
     return int(v)
 
 
+def _check_step_control(solver, steps, rtol, atol, dt0, max_steps, t_start, t_end, dtype):
+    """Validate the choice between fixed (``steps``) and adaptive (``rtol``/``atol``) steps.
+
+    Shared by :func:`jfm.sample_ode` and :func:`jfm.log_prob`; ``t_start -> t_end`` is the
+    direction of integration (``dt0`` must carry its sign). Returns
+    ``(steps, rtol, atol, dt0, adaptive)`` with tolerances and ``dt0`` cast to ``dtype``.
+    """
+    how = (
+        "pass either steps=N (fixed step) or both rtol=... and atol=... (adaptive step); "
+        f"got steps={steps!r}, rtol={rtol!r}, atol={atol!r}"
+    )
+    if steps is not None:
+        if rtol is not None or atol is not None:
+            raise ValueError(f"`steps` and `rtol`/`atol` exclude each other: {how}.")
+        steps = _check_int(steps, "steps", 1)
+        if steps > max_steps:
+            raise ValueError(
+                f"`steps`={steps} exceeds `max_steps`={max_steps}; pass max_steps>={steps}."
+            )
+        if dt0 is not None:
+            raise ValueError(
+                f"`dt0` is for adaptive stepping only; with steps={steps} the step is "
+                f"(t1 - t0) / steps. Got dt0={dt0!r}."
+            )
+        return steps, rtol, atol, dt0, False
+    if rtol is None or atol is None:
+        raise ValueError(f"No step control chosen: {how}.")
+    if not isinstance(solver, dfx.AbstractAdaptiveSolver):
+        raise ValueError(
+            f"`solver`={type(solver).__name__}() has no error estimate, so it cannot "
+            "take adaptive steps (rtol/atol); pass steps=N, or an adaptive solver such "
+            "as dfx.Heun(), dfx.Tsit5() or dfx.Dopri5()."
+        )
+    rtol = _check_tol(rtol, "rtol", dtype)
+    atol = _check_tol(atol, "atol", dtype)
+    if dt0 is not None:
+        dt0 = _check_time(dt0, "dt0", dtype)
+        if is_concrete((dt0, t_start, t_end)) and not float(dt0) * float(t_end - t_start) > 0:
+            raise ValueError(
+                f"`dt0` must be nonzero with the sign of the integration direction "
+                f"({float(t_start)} -> {float(t_end)}); got dt0={float(dt0)}."
+            )
+    return steps, rtol, atol, dt0, True
+
+
 def sample_ode(
     field: VectorField,
     x0: Float[ArrayLike, "..."],
@@ -300,43 +345,9 @@ def sample_ode(
     elif not isinstance(adjoint, dfx.AbstractAdjoint):
         raise TypeError(f"`adjoint` must be a diffrax adjoint or None; got {type(adjoint)}.")
 
-    how = (
-        "pass either steps=N (fixed step) or both rtol=... and atol=... (adaptive step); "
-        f"got steps={steps!r}, rtol={rtol!r}, atol={atol!r}"
+    steps, rtol, atol, dt0, adaptive = _check_step_control(
+        solver, steps, rtol, atol, dt0, max_steps, t0, t1, dtype
     )
-    if steps is not None:
-        if rtol is not None or atol is not None:
-            raise ValueError(f"`steps` and `rtol`/`atol` exclude each other: {how}.")
-        steps = _check_int(steps, "steps", 1)
-        if steps > max_steps:
-            raise ValueError(
-                f"`steps`={steps} exceeds `max_steps`={max_steps}; pass max_steps>={steps}."
-            )
-        if dt0 is not None:
-            raise ValueError(
-                f"`dt0` is for adaptive stepping only; with steps={steps} the step is "
-                f"(t1 - t0) / steps. Got dt0={dt0!r}."
-            )
-        adaptive = False
-    else:
-        if rtol is None or atol is None:
-            raise ValueError(f"No step control chosen: {how}.")
-        if not isinstance(solver, dfx.AbstractAdaptiveSolver):
-            raise ValueError(
-                f"`solver`={type(solver).__name__}() has no error estimate, so it cannot "
-                "take adaptive steps (rtol/atol); pass steps=N, or an adaptive solver such "
-                "as dfx.Heun(), dfx.Tsit5() or dfx.Dopri5()."
-            )
-        rtol = _check_tol(rtol, "rtol", dtype)
-        atol = _check_tol(atol, "atol", dtype)
-        if dt0 is not None:
-            dt0 = _check_time(dt0, "dt0", dtype)
-            if is_concrete((dt0, t0, t1)) and not float(dt0) * float(t1 - t0) > 0:
-                raise ValueError(
-                    f"`dt0` must be nonzero with the sign of t1 - t0; got dt0={float(dt0)}, "
-                    f"t0={float(t0)}, t1={float(t1)}."
-                )
-        adaptive = True
 
     if save_at is not None:
         save_at = check_array(save_at, "save_at", ndim=1)
