@@ -31,14 +31,7 @@ from ._divergence import (
 )
 from ._misc import check_array, check_key, check_name, is_concrete
 from ._paths import AbstractPath
-from ._solve import (
-    _INITIAL_STEP_NFE,
-    _check_int,
-    _check_step_control,
-    _check_time,
-    _count_nfe,
-    _FirstRejections,
-)
+from ._solver_utils import _check_int, _check_step_control, _check_time, solve_counted
 
 _DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
 _NOISES: tuple[str, ...] = ("rademacher", "gaussian")
@@ -120,66 +113,6 @@ def _joint(aug: _Augmented):
         return jax.vmap(aug, in_axes=in_axes)(t, y, field_args)
 
     return vf
-
-
-def _solve(
-    vf,
-    y0,
-    t_start,
-    t_end,
-    field_args,
-    steps,
-    rtol,
-    atol,
-    dt0,
-    *,
-    solver,
-    adaptive,
-    max_steps,
-    adjoint,
-):
-    """One backward diffeqsolve of ``dy/dt = vf(t, y, field_args)`` from ``t_start`` down
-    to ``t_end``; returns ``(y(t_end), stats, result)``.
-
-    As :func:`jfm.sample_ode` (same step control and nfe count), with ``SaveAt(t1=True)``
-    only (what :class:`diffrax.BacksolveAdjoint` supports). The field travels in
-    diffrax's ``args`` (not in a closure) so every adjoint differentiates its arrays.
-    """
-    init_nfe = 0
-    if adaptive:
-        pid = dfx.PIDController(rtol=rtol, atol=atol)
-        if dt0 is None:
-            # diffrax's initial-step heuristic on a bare ODETerm in the forward time
-            # s = -t (inside diffeqsolve the reversed term is wrapped and diffrax 0.7.2
-            # would skip the heuristic, starting at |dt| = 0.01).
-            fwd = dfx.ODETerm(lambda s, y, a: -vf(-s, y, a))
-            tnext, _ = pid.init(
-                fwd, -t_start, -t_end, y0, None, field_args, solver.func, solver.error_order(fwd)
-            )
-            dt0 = -jax.lax.stop_gradient(tnext + t_start)
-            init_nfe = _INITIAL_STEP_NFE
-        controller = _FirstRejections(pid)
-    else:
-        controller = dfx.ConstantStepSize()
-        dt0 = (t_end - t_start) / steps
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(vf),  # bare ODETerm
-        solver,
-        t_start,
-        t_end,
-        dt0,
-        y0,
-        field_args,
-        saveat=dfx.SaveAt(t1=True, controller_state=adaptive),
-        stepsize_controller=controller,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        throw=False,
-    )
-    num_steps = jnp.asarray(sol.stats["num_steps"])
-    early = sol.controller_state[2] if adaptive else jnp.zeros((), num_steps.dtype)
-    nfe = _count_nfe(solver, num_steps, early.astype(num_steps.dtype), init_nfe)
-    return sol.ys[0], dict(nfe=nfe, num_steps=num_steps), sol.result
 
 
 def log_prob(
@@ -467,13 +400,15 @@ def _log_prob(
     # Backwards in time: from the data time t1 to the source time t0.
     tail = (steps, rtol, atol, dt0)
     if batch == "joint":
-        y1, stats, result = _solve(_joint(aug), y0, t1, t0, (field, args, probe), *tail, **common)
+        y1, _, stats, result = solve_counted(
+            _joint(aug), y0, t1, t0, (field, args, probe), *tail, **common
+        )
     else:
 
         def one(y0_i, probe_i):
-            return _solve(aug, y0_i, t1, t0, (field, args, probe_i), *tail, **common)
+            return solve_counted(aug, y0_i, t1, t0, (field, args, probe_i), *tail, **common)
 
-        y1, stats, result = jax.vmap(one)(y0, probe)
+        y1, _, stats, result = jax.vmap(one)(y0, probe)
     x0 = y1[:, :d].reshape(x.shape)
     acc = y1[:, d:]  # [B, K]: l_k(t0) = -int div (per probe)
     logp = jax.vmap(prior)(x0).astype(dtype) + jnp.mean(acc, axis=1)

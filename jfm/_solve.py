@@ -1,23 +1,27 @@
 """Sampling by ODE integration with diffrax: fixed and adaptive step, joint or vmapped batch."""
 
-import numbers
-
 import diffrax as dfx
 import equinox as eqx
 import jax
-import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._custom_types import Args, RealScalarLike, VectorField
 from ._misc import check_array, check_name, is_concrete
+from ._solver_utils import (  # noqa: F401  (re-exported: other modules import them from here)
+    _INITIAL_STEP_NFE as _INITIAL_STEP_NFE,
+    _check_int as _check_int,
+    _check_step_control as _check_step_control,
+    _check_time as _check_time,
+    _check_tol as _check_tol,
+    _count_nfe as _count_nfe,
+    _FirstRejections as _FirstRejections,
+    _stage_counts as _stage_counts,
+    solve_counted as solve_counted,
+)
 
 _BATCH_MODES: tuple[str, ...] = ("joint", "vmap")
-
-#: Field evaluations spent by diffrax's initial-step heuristic (Hairer, Norsett & Wanner,
-#: Sec. II.4): ``f(t0, y0)`` and ``f(t0 + h0, y0 + h0 f(t0, y0))``.
-_INITIAL_STEP_NFE = 2
 
 
 class ODEResult(eqx.Module):
@@ -54,147 +58,6 @@ class ODEResult(eqx.Module):
     result: dfx.RESULTS
     ts: Float[Array, " T"] | None = None
     xs: Float[Array, " T batch *event"] | None = None
-
-
-class _FirstRejections(dfx.AbstractAdaptiveStepSizeController):
-    """Wraps an adaptive controller to count rejected steps before the first accepted one.
-
-    FSAL solvers re-evaluate their first stage on every attempt until one step has been
-    accepted (diffrax keeps the solver state of the last accepted step), so these
-    rejections cost one more evaluation each. diffrax updates the controller state on
-    every attempt (accepted or not), which is why the count lives here.
-    """
-
-    controller: dfx.AbstractAdaptiveStepSizeController
-
-    @property
-    def rtol(self):
-        return self.controller.rtol
-
-    @property
-    def atol(self):
-        return self.controller.atol
-
-    @property
-    def norm(self):
-        return self.controller.norm
-
-    def wrap(self, direction):
-        return _FirstRejections(self.controller.wrap(direction))
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.array(False), jnp.array(0, dtype=jnp.int32))
-
-    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        inner, accepted_any, early_rejections = state
-        keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
-        )
-        keep = jnp.asarray(keep)
-        early_rejections = early_rejections + jnp.where(keep | accepted_any, 0, 1).astype(jnp.int32)
-        accepted_any = accepted_any | keep
-        return keep, tprev, tnext, made_jump, (inner, accepted_any, early_rejections), result
-
-
-def _stage_counts(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:
-    """``(evaluations per step, FSAL)`` for solvers whose cost is known, else ``None``."""
-    if isinstance(solver, dfx.Euler):
-        return 1, False
-    if isinstance(solver, dfx.AbstractERK) and isinstance(solver.tableau, dfx.ButcherTableau):
-        return int(solver.tableau.num_stages), bool(solver.tableau.fsal)
-    return None
-
-
-def _count_nfe(solver, num_steps, early_rejections, init_nfe):
-    """Field evaluations of one diffeqsolve (see :func:`sample_ode`, "Cost")."""
-    counts = _stage_counts(solver)
-    if counts is None:
-        return jnp.full_like(num_steps, -1)
-    stages, fsal = counts
-    if fsal:
-        # First attempt (and every retry before the first accepted step) evaluates all
-        # stages; later steps reuse the last stage of the previous accepted step.
-        body = (stages - 1) * num_steps + 1 + early_rejections
-    else:
-        body = stages * num_steps
-    return jnp.where(num_steps > 0, body, 0) + init_nfe
-
-
-def _check_time(t, name, dtype):
-    if isinstance(t, bool) or not isinstance(t, (numbers.Real, np.ndarray, jax.Array)):
-        raise TypeError(f"`{name}` must be a real scalar (float or 0-d array); got {type(t)}.")
-    t = jnp.asarray(t)
-    if t.shape != ():
-        raise ValueError(f"`{name}` must be a scalar (shape ()); got shape {t.shape}.")
-    t = t.astype(dtype)
-    if is_concrete(t) and not np.isfinite(float(t)):
-        raise ValueError(f"`{name}` must be finite; got {name}={float(t)}.")
-    return t
-
-
-def _check_tol(v, name, dtype):
-    if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.ndarray, jax.Array)):
-        raise TypeError(f"`{name}` must be a positive real scalar; got {type(v)}.")
-    v = jnp.asarray(v)
-    if v.shape != ():
-        raise ValueError(f"`{name}` must be a scalar; got shape {v.shape}.")
-    if is_concrete(v) and not float(v) > 0:
-        raise ValueError(f"`{name}` must be positive; got {name}={float(v)}.")
-    return v.astype(dtype)
-
-
-def _check_int(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"`{name}` must be a Python int; got {v!r} ({type(v).__name__}).")
-    if v < lo:
-        raise ValueError(f"`{name}` must be >= {lo}; got {name}={v}.")
-    return int(v)
-
-
-def _check_step_control(solver, steps, rtol, atol, dt0, max_steps, t_start, t_end, dtype):
-    """Validate the choice between fixed (``steps``) and adaptive (``rtol``/``atol``) steps.
-
-    Shared by :func:`jfm.sample_ode` and :func:`jfm.log_prob`; ``t_start -> t_end`` is the
-    direction of integration (``dt0`` must carry its sign). Returns
-    ``(steps, rtol, atol, dt0, adaptive)`` with tolerances and ``dt0`` cast to ``dtype``.
-    """
-    how = (
-        "pass either steps=N (fixed step) or both rtol=... and atol=... (adaptive step); "
-        f"got steps={steps!r}, rtol={rtol!r}, atol={atol!r}"
-    )
-    if steps is not None:
-        if rtol is not None or atol is not None:
-            raise ValueError(f"`steps` and `rtol`/`atol` exclude each other: {how}.")
-        steps = _check_int(steps, "steps", 1)
-        if steps > max_steps:
-            raise ValueError(
-                f"`steps`={steps} exceeds `max_steps`={max_steps}; pass max_steps>={steps}."
-            )
-        if dt0 is not None:
-            raise ValueError(
-                f"`dt0` is for adaptive stepping only; with steps={steps} the step is "
-                f"(t1 - t0) / steps. Got dt0={dt0!r}."
-            )
-        return steps, rtol, atol, dt0, False
-    if rtol is None or atol is None:
-        raise ValueError(f"No step control chosen: {how}.")
-    if not isinstance(solver, dfx.AbstractAdaptiveSolver):
-        raise ValueError(
-            f"`solver`={type(solver).__name__}() has no error estimate, so it cannot "
-            "take adaptive steps (rtol/atol); pass steps=N, or an adaptive solver such "
-            "as dfx.Heun(), dfx.Tsit5() or dfx.Dopri5()."
-        )
-    rtol = _check_tol(rtol, "rtol", dtype)
-    atol = _check_tol(atol, "atol", dtype)
-    if dt0 is not None:
-        dt0 = _check_time(dt0, "dt0", dtype)
-        if is_concrete((dt0, t_start, t_end)) and not float(dt0) * float(t_end - t_start) > 0:
-            raise ValueError(
-                f"`dt0` must be nonzero with the sign of the integration direction "
-                f"({float(t_start)} -> {float(t_end)}); got dt0={float(dt0)}."
-            )
-    return steps, rtol, atol, dt0, True
 
 
 def sample_ode(
@@ -427,63 +290,24 @@ def _solve_one(
     max_steps,
     adjoint,
 ):
-    """One diffeqsolve of ``dy/dt = vf(t, y, field_args)``; returns (y1, ys, stats, result).
-
-    The field travels in diffrax's ``args`` (not in a closure), so its arrays are seen by
-    every adjoint.
-    """
-    init_nfe = 0
-    if adaptive:
-        pid = dfx.PIDController(rtol=rtol, atol=atol)
-        if dt0 is None:
-            # diffrax's initial-step heuristic, on a bare ODETerm in the forward time
-            # s = direction * t (diffeqsolve would hand it a wrapped term and skip it).
-            direction = jnp.where(t1 > t0, 1, -1).astype(t0.dtype)
-            fwd = dfx.ODETerm(lambda s, y, a: a[0] * vf(a[0] * s, y, a[1]))
-            tnext, _ = pid.init(
-                fwd,
-                direction * t0,
-                direction * t1,
-                y0,
-                None,
-                (direction, field_args),
-                solver.func,
-                solver.error_order(fwd),
-            )
-            dt0 = direction * lax.stop_gradient(tnext - direction * t0)
-            init_nfe = _INITIAL_STEP_NFE
-        controller = _FirstRejections(pid)
-    else:
-        controller = dfx.ConstantStepSize()
-        dt0 = (t1 - t0) / steps
-    subs = [dfx.SubSaveAt(t1=True)]
-    if save_at is not None:
-        subs.append(dfx.SubSaveAt(ts=save_at))
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(vf),  # bare ODETerm (see the note on dt0 above)
-        solver,
+    """Former name and argument order of :func:`jfm._solver_utils.solve_counted` (kept for
+    modules that import it from here); returns ``(y1, ys, stats, result)``."""
+    return solve_counted(
+        vf,
+        y0,
         t0,
         t1,
-        dt0,
-        y0,
         field_args,
-        saveat=dfx.SaveAt(subs=subs, controller_state=adaptive),
-        stepsize_controller=controller,
+        steps,
+        rtol,
+        atol,
+        dt0,
+        solver=solver,
+        adaptive=adaptive,
         max_steps=max_steps,
         adjoint=adjoint,
-        throw=False,
+        save_at=save_at,
     )
-    num_steps = jnp.asarray(sol.stats["num_steps"])
-    early = sol.controller_state[2] if adaptive else jnp.zeros((), num_steps.dtype)
-    nfe = _count_nfe(solver, num_steps, early.astype(num_steps.dtype), init_nfe)
-    stats = dict(
-        nfe=nfe,
-        num_steps=num_steps,
-        num_accepted_steps=jnp.asarray(sol.stats["num_accepted_steps"]),
-        num_rejected_steps=jnp.asarray(sol.stats["num_rejected_steps"]),
-    )
-    ys = sol.ys[1] if save_at is not None else None
-    return sol.ys[0][0], ys, stats, sol.result
 
 
 @eqx.filter_jit
@@ -507,14 +331,16 @@ def _sample_ode(
     adjoint,
     messages,
 ):
-    common = dict(solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint)
-    rest = (t0, t1, (field, args), save_at, steps, rtol, atol, dt0)
+    common = dict(
+        solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint, save_at=save_at
+    )
+    rest = (t0, t1, (field, args), steps, rtol, atol, dt0)
     if batch == "joint":
-        x1, xs, stats, result = _solve_one(_joint_vf, x0, *rest, **common)
+        x1, xs, stats, result = solve_counted(_joint_vf, x0, *rest, **common)
         finite = jnp.all(jnp.isfinite(x1))
     else:
         x1, xs, stats, result = jax.vmap(
-            lambda y0: _solve_one(_per_example_vf, y0, *rest, **common)
+            lambda y0: solve_counted(_per_example_vf, y0, *rest, **common)
         )(x0)
         if xs is not None:
             xs = jnp.swapaxes(xs, 0, 1)  # [B, T, *event] -> [T, B, *event]
