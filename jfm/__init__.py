@@ -49,4 +49,8 @@ from ._train import (
 )
 from .metrics import energy_distance as energy_distance
 
+# --- issue 3: likelihood remnants (reverse-mode Hutchinson name) ---
+# isort: split
+from ._divergence import divergence_hutchinson_vjp as divergence_hutchinson_vjp
+
 __version__ = "0.1.0"

@@ -348,4 +348,59 @@ def divergence_hutchinson(
     return _hutchinson(f, t, x, args, key, probes, noise, probe, return_stderr, method)
 
 
-__all__ = ["divergence_exact", "divergence_hutchinson"]
+def divergence_hutchinson_vjp(
+    f: VectorField,
+    t: RealScalarLike,
+    x: ArrayLike,
+    args: Args = None,
+    *,
+    key: PRNGKeyArray | None = None,
+    probes: int | None = None,
+    noise: str = "rademacher",
+    probe: ArrayLike | None = None,
+    return_stderr: bool = False,
+) -> Float[Array, ""] | tuple[Float[Array, ""], Float[Array, ""]]:
+    r"""Hutchinson's estimate of ``div f(t, x)`` in reverse mode: ``(u^T J) u``.
+
+    The same estimator as :func:`jfm.divergence_hutchinson` (same probes from the same
+    ``key``, same value up to floating-point rounding), computed as FFJORD and the
+    PyTorch libraries do: one forward pass with its reverse-mode tape (:func:`jax.vjp`),
+    then ``K`` vector-Jacobian products ``u_k^T J`` batched with :func:`jax.vmap`:
+
+    .. math::
+        \widehat{\mathrm{div}} = \frac1K \sum_k (u_k^T J) u_k,
+        \qquad E[\widehat{\mathrm{div}}] = \mathrm{tr}\, J.
+
+    Exactly ``jfm.divergence_hutchinson(..., method="vjp")``; provided as a public name
+    for comparisons (``benchmarks/divergence.py``). Forward mode (the default of
+    :func:`jfm.divergence_hutchinson`) needs no tape and is usually no slower.
+
+    Args:
+        f: per-example field ``f(t, x, args) -> dx/dt`` (same shape as ``x``).
+        t: scalar time.
+        x: ``(*event,)`` one example, floating.
+        args: passed to ``f`` unchanged.
+        key: PRNG key for the probes; required unless ``probe`` is given.
+        probes: number of probes ``K >= 1`` drawn from ``key`` (default 1).
+        noise: ``"rademacher"`` (default) or ``"gaussian"``.
+        probe: ``(K, *event)`` fixed probes, used instead of drawing from ``key``.
+        return_stderr: also return the standard error over the probes (``K >= 2``).
+
+    Returns:
+        The estimate, a scalar in the dtype of ``x``; with ``return_stderr`` a tuple
+        ``(estimate, stderr)``.
+
+    Raises:
+        TypeError, ValueError: as :func:`jfm.divergence_hutchinson`.
+
+    Examples:
+        >>> import jax.numpy as jnp, jfm
+        >>> f = lambda t, x, args: jnp.array([[1.0, 2.0], [3.0, 4.0]]) @ x
+        >>> u = jnp.array([[1.0, 1.0], [1.0, -1.0]])  # u^T A u = 10 and 0: mean = tr A
+        >>> jfm.divergence_hutchinson_vjp(f, 0.5, jnp.ones(2), probe=u)
+        Array(5., dtype=float32)
+    """
+    return _hutchinson(f, t, x, args, key, probes, noise, probe, return_stderr, "vjp")
+
+
+__all__ = ["divergence_exact", "divergence_hutchinson", "divergence_hutchinson_vjp"]

@@ -112,6 +112,28 @@ def test_jvp_and_vjp_estimates_agree(noise, getkey):
     assert float(again) == float(est) and float(other) != float(est)
 
 
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_public_vjp_estimator_equals_jvp_for_the_same_probe(noise, getkey):
+    f = mlp_field(getkey(), (5,))
+    x = jr.normal(getkey(), (5,))
+    u = (jr.rademacher if noise == "rademacher" else jr.normal)(getkey(), (3, 5), jnp.float64)
+    est, se = jfm.divergence_hutchinson(f, 0.3, x, None, probe=u, return_stderr=True)
+    est_v, se_v = jfm.divergence_hutchinson_vjp(f, 0.3, x, None, probe=u, return_stderr=True)
+    # same probes: u^T (J u) vs (u^T J) u differ by float64 round-off only
+    assert abs(float(est - est_v)) < 1e-12 and abs(float(se - se_v)) < 1e-12
+    # and both equal the hand-computed mean of u_k^T J u_k with the jacfwd Jacobian
+    jac = jax.jacfwd(lambda y: f(0.3, y, None))(x)
+    want = jnp.mean(jnp.einsum("ki,ij,kj->k", u, jac, u))
+    assert abs(float(est_v - want)) < 1e-12  # round-off only
+    # from a key it draws the same probes as the jvp version
+    key = getkey()
+    a = jfm.divergence_hutchinson_vjp(f, 0.3, x, None, key=key, probes=4, noise=noise)
+    b = jfm.divergence_hutchinson(f, 0.3, x, None, key=key, probes=4, noise=noise)
+    assert abs(float(a - b)) < 1e-12  # same probes, round-off only
+    with pytest.raises(ValueError, match="probes"):
+        jfm.divergence_hutchinson_vjp(f, 0.3, x, None, key=key, probes=0)
+
+
 def test_hutchinson_unbiased_for_mlp(getkey):
     f = mlp_field(getkey(), (3,))
     x = jr.normal(getkey(), (3,))
