@@ -27,6 +27,8 @@ from ._model import (
     field_from_model as field_from_model,
     split_model as split_model,
 )
+
+# --- issue 4: stochastic sampling, diffusion SDEs, score matching, Langevin ---
 from ._paths import (
     VE as VE,
     VP as VP,
@@ -36,7 +38,15 @@ from ._paths import (
     CondOT as CondOT,
     Cosine as Cosine,
     CustomSchedule as CustomSchedule,
+    DiffusionSDE as DiffusionSDE,
     Polynomial as Polynomial,
+)
+from ._sde import (
+    ScoreFromVelocity as ScoreFromVelocity,
+    langevin as langevin,
+    sample_pc as sample_pc,
+    sample_sde as sample_sde,
+    score_from_velocity as score_from_velocity,
 )
 from ._solve import ODEResult as ODEResult, sample_ode as sample_ode
 from ._train import (
