@@ -43,9 +43,18 @@ from ._solve import (
     _FirstRejections,
 )
 
-#: Default resolution of the Brownian tree, relative to ``t1 - t0``: steps down to
-#: ``(t1 - t0) / 4096`` query the tree at (dyadic) nodes it generates exactly.
+#: Default resolution of the Brownian tree for adaptive steps, relative to ``t1 - t0``.
 _BROWNIAN_TOL = 2.0**-12
+
+
+def _brownian_tol(brownian_tol, steps, t0, t1, dtype):
+    """The tree's tolerance: given, else ``dt`` (fixed steps) or ``(t1 - t0) / 4096``."""
+    if brownian_tol is not None:
+        return _check_tol(brownian_tol, "brownian_tol", dtype)
+    if steps is not None:
+        return (t1 - t0) / steps
+    return (t1 - t0) * _BROWNIAN_TOL
+
 
 # -- fields ---------------------------------------------------------------------------------
 
@@ -221,12 +230,12 @@ def _check_interval(t0, t1, dtype):
 
 
 def _levy_area(solver):
-    need = getattr(solver, "minimal_levy_area", dfx.AbstractSpaceTimeLevyArea)
-    if issubclass(dfx.SpaceTimeLevyArea, need):
-        # Every solver gets the same (space-time) tree, so one key is one Brownian path
-        # whatever the solver and the step size.
-        return dfx.SpaceTimeLevyArea
-    return dfx.SpaceTimeTimeLevyArea
+    """The cheapest Lévy area the solver accepts (the tree's cost grows with it)."""
+    need = getattr(solver, "minimal_levy_area", dfx.AbstractBrownianIncrement)
+    for area in (dfx.BrownianIncrement, dfx.SpaceTimeLevyArea, dfx.SpaceTimeTimeLevyArea):
+        if issubclass(area, need):
+            return area
+    raise ValueError(f"`solver`={type(solver).__name__}() needs an unsupported Levy area {need}.")
 
 
 def _can_adapt(solver):
@@ -279,11 +288,15 @@ def sample_sde(
 
     Noise: diagonal additive noise ``g(t) dW`` with ``W`` a
     :class:`diffrax.VirtualBrownianTree` on ``[t0, t1]`` with tolerance ``brownian_tol``
-    (default ``(t1 - t0) / 4096``) and space-time Lévy area: the same key gives the same
-    Brownian path for every solver and step size, so solutions at different step sizes
-    (and adaptive ones) are comparable path by path. Step sizes below ``brownian_tol``
-    resolve the path by Brownian-bridge interpolation; lower the tolerance for finer
-    steps. ``batch="joint"``: one tree of shape ``[B * prod(event)]``; ``batch="vmap"``:
+    (default: the step ``(t1 - t0) / steps`` for fixed steps, ``(t1 - t0) / 4096`` for
+    adaptive ones; each query costs ``log2((t1 - t0) / tol)`` normal draws of the state's
+    size) and the cheapest Lévy area the solver accepts (Euler: the increment only;
+    SRA1/ShARK/SEA: space-time Lévy area). A tree returns the same value at its dyadic
+    nodes ``t0 + k (t1 - t0) 2^-l`` whatever its tolerance (as long as ``2^-l (t1 - t0) >=
+    tol``), so one key is one Brownian path for all dyadic step counts (``steps = 2^l``)
+    and adaptive steps, for solvers using the same Lévy area: solutions at different step
+    sizes are comparable path by path. Between nodes the tree interpolates by Brownian
+    bridges. ``batch="joint"``: one tree of shape ``[B, *event]``; ``batch="vmap"``:
     ``jr.split(key, B)``, one tree per example (different noise than ``"joint"``).
 
     Step control, batching and ``nfe``: as :func:`jfm.sample_ode` (``steps=N`` fixed;
@@ -313,7 +326,7 @@ def sample_sde(
         save_at: ``[T]`` increasing times in ``[t0, t1]`` at which to also return the states.
         batch: ``"joint"`` or ``"vmap"`` (see :func:`jfm.sample_ode`).
         dt0: adaptive mode only: the first step (``None``: heuristic).
-        brownian_tol: tolerance of the Brownian tree (positive; default ``(t1-t0)/4096``).
+        brownian_tol: tolerance of the Brownian tree (positive; default: see "Noise").
         max_steps: upper bound on the steps attempted.
         throw: raise on failure (max_steps, solver failure, non-finite ``x1``) or return
             the status in ``success``/``result``.
@@ -370,10 +383,7 @@ def sample_sde(
     steps, rtol, atol, dt0, adaptive = _check_step_control(
         solver, steps, rtol, atol, dt0, max_steps, t0, t1, dtype, adaptive_hint=hint
     )
-    if brownian_tol is None:
-        tol = (t1 - t0) * _BROWNIAN_TOL
-    else:
-        tol = _check_tol(brownian_tol, "brownian_tol", dtype)
+    tol = _brownian_tol(brownian_tol, steps, t0, t1, dtype)
     save_at = _check_save_at(save_at, t0, t1, dtype)
     messages = (
         f"jfm.sample_sde: max_steps={max_steps} reached before t1; raise max_steps or "
@@ -410,21 +420,21 @@ def sample_sde(
 
 
 def _joint_drift_vf(t, y, field_args):
-    """The batched drift on the flat state ``y``; ``field_args = (drift, g, args, shape)``."""
-    drift, _, args, shape = field_args
-    out = jax.vmap(drift, in_axes=(None, 0, None))(t, y.reshape(shape), args)
-    return out.reshape(-1)
+    """The batched drift on ``y [B, *event]``; ``field_args = (drift, g, args)``."""
+    drift, _, args = field_args
+    return jax.vmap(drift, in_axes=(None, 0, None))(t, y, args)
 
 
 def _per_example_drift_vf(t, y, field_args):
-    drift, _, args, shape = field_args
-    return drift(t, y.reshape(shape), args).reshape(-1)
+    drift, _, args = field_args
+    return drift(t, y, args)
 
 
 def _diffusion_vf(t, y, field_args):
-    # Independent of y (additive noise; the SRK solvers check this).
+    # g(t) I: diagonal additive noise, independent of y (the SRK solvers check this). The
+    # state keeps its shape (flattening it costs much more than it saves on CPU).
     g = field_args[1]
-    return lx.DiagonalLinearOperator(jnp.full(y.shape, g(t), y.dtype))
+    return g(t).astype(y.dtype) * lx.IdentityLinearOperator(jax.ShapeDtypeStruct(y.shape, y.dtype))
 
 
 def _sde_terms(vf, y0, key, t0, t1, tol, solver):
@@ -458,7 +468,7 @@ def _solve_sde_one(
     max_steps,
     adjoint,
 ):
-    """One diffeqsolve of the SDE on the flat state ``y0``; returns (y1, ys, stats, result)."""
+    """One diffeqsolve of the SDE from ``y0``; returns (y1, ys, stats, result)."""
     terms = _sde_terms(vf, y0, key, t0, t1, tol, solver)
     init_nfe = 0
     if adaptive:
@@ -532,25 +542,19 @@ def _sample_sde(
 ):
     common = dict(solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint)
     rest = (save_at, steps, rtol, atol, dt0, tol)
+    fa = (drift, g, args)
     if batch == "joint":
-        fa = (drift, g, args, x0.shape)
-        y1, ys, stats, result = _solve_sde_one(
-            _joint_drift_vf, x0.reshape(-1), key, t0, t1, fa, *rest, **common
+        x1, xs, stats, result = _solve_sde_one(
+            _joint_drift_vf, x0, key, t0, t1, fa, *rest, **common
         )
-        x1 = y1.reshape(x0.shape)
-        xs = None if ys is None else ys.reshape(ys.shape[:1] + x0.shape)
         finite = jnp.all(jnp.isfinite(x1))
     else:
-        fa = (drift, g, args, x0.shape[1:])
         keys = jr.split(key, x0.shape[0])
-        y1, ys, stats, result = jax.vmap(
+        x1, xs, stats, result = jax.vmap(
             lambda y0, k: _solve_sde_one(_per_example_drift_vf, y0, k, t0, t1, fa, *rest, **common)
-        )(x0.reshape(x0.shape[0], -1), keys)
-        x1 = y1.reshape(x0.shape)
-        if ys is not None:  # [B, T, D] -> [T, B, *event]
-            xs = jnp.swapaxes(ys, 0, 1).reshape(ys.shape[1:2] + x0.shape)
-        else:
-            xs = None
+        )(x0, keys)
+        if xs is not None:
+            xs = jnp.swapaxes(xs, 0, 1)  # [B, T, *event] -> [T, B, *event]
         finite = jnp.all(jnp.isfinite(x1), axis=tuple(range(1, x0.ndim)))
     x1, success = _check_result(x1, result, finite, throw, messages)
     return ODEResult(x1=x1, success=success, result=result, ts=save_at, xs=xs, **stats)
@@ -758,10 +762,7 @@ def sample_pc(
     snr = _positive_scalar(snr, "snr", dtype)
     if not isinstance(throw, bool):
         raise TypeError(f"`throw` must be a bool; got {throw!r}.")
-    if brownian_tol is None:
-        tol = (t1 - t0) * _BROWNIAN_TOL
-    else:
-        tol = _check_tol(brownian_tol, "brownian_tol", dtype)
+    tol = _brownian_tol(brownian_tol, steps, t0, t1, dtype)
     messages = (
         "",
         "",
@@ -792,9 +793,8 @@ def _sample_pc(
     drift, score, g, x0, key, t0, t1, args, snr, tol, *, steps, corrector_steps, throw, messages
 ):
     solver = dfx.Euler()
-    fa = (drift, g, args, x0.shape)
-    y0 = x0.reshape(-1)
-    terms = _sde_terms(_joint_drift_vf, y0, key, t0, t1, tol, solver)
+    fa = (drift, g, args)
+    terms = _sde_terms(_joint_drift_vf, x0, key, t0, t1, tol, solver)
     key_c = jr.fold_in(key, 1)
     dt = (t1 - t0) / steps
     axes = tuple(range(1, x0.ndim))
@@ -809,17 +809,15 @@ def _sample_pc(
         return _langevin_update(x, s, eps, z)
 
     def body(carry, i):
-        y, t = carry
-        x = y.reshape(x0.shape)
+        x, t = carry
         for j in range(corrector_steps):
             x = correct(x, t, jr.fold_in(jr.fold_in(key_c, i), j))
         # Times accumulate as in diffrax's ConstantStepSize (the last one is t1 exactly).
         t_next = jnp.where(i == steps - 1, t1, t + dt)
-        y, _, _, _, _ = solver.step(terms, t, t_next, x.reshape(-1), fa, None, False)
-        return (y, t_next), None
+        x, _, _, _, _ = solver.step(terms, t, t_next, x, fa, None, False)
+        return (x, t_next), None
 
-    (y1, _), _ = lax.scan(body, (y0, t0), jnp.arange(steps))
-    x1 = y1.reshape(x0.shape)
+    (x1, _), _ = lax.scan(body, (x0, t0), jnp.arange(steps))
     finite = jnp.all(jnp.isfinite(x1))
     result = dfx.RESULTS.successful
     x1, success = _check_result(x1, result, finite, throw, messages)
