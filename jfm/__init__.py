@@ -27,8 +27,6 @@ from ._model import (
     field_from_model as field_from_model,
     split_model as split_model,
 )
-
-# --- issue 4: stochastic sampling, diffusion SDEs, score matching, Langevin ---
 from ._paths import (
     VE as VE,
     VP as VP,
@@ -38,15 +36,7 @@ from ._paths import (
     CondOT as CondOT,
     Cosine as Cosine,
     CustomSchedule as CustomSchedule,
-    DiffusionSDE as DiffusionSDE,
     Polynomial as Polynomial,
-)
-from ._sde import (
-    ScoreFromVelocity as ScoreFromVelocity,
-    langevin as langevin,
-    sample_pc as sample_pc,
-    sample_sde as sample_sde,
-    score_from_velocity as score_from_velocity,
 )
 from ._solve import ODEResult as ODEResult, sample_ode as sample_ode
 from ._train import (
@@ -58,5 +48,17 @@ from ._train import (
     restore_checkpoint as restore_checkpoint,
 )
 from .metrics import energy_distance as energy_distance
+
+# --- issue 4: stochastic sampling, diffusion SDEs, score matching, Langevin ---
+# isort: split
+from ._loss import dsm_loss as dsm_loss, eps_loss as eps_loss, x1_loss as x1_loss
+from ._paths import DiffusionSDE as DiffusionSDE
+from ._sde import (
+    ScoreFromVelocity as ScoreFromVelocity,
+    langevin as langevin,
+    sample_pc as sample_pc,
+    sample_sde as sample_sde,
+    score_from_velocity as score_from_velocity,
+)
 
 __version__ = "0.1.0"
