@@ -52,5 +52,16 @@ from .metrics import energy_distance as energy_distance
 # --- issue 3: likelihood remnants (reverse-mode Hutchinson name) ---
 # isort: split
 from ._divergence import divergence_hutchinson_vjp as divergence_hutchinson_vjp
+# --- issue 4: stochastic sampling, diffusion SDEs, score matching, Langevin ---
+# isort: split
+from ._loss import dsm_loss as dsm_loss, eps_loss as eps_loss, x1_loss as x1_loss
+from ._paths import DiffusionSDE as DiffusionSDE
+from ._sde import (
+    ScoreFromVelocity as ScoreFromVelocity,
+    langevin as langevin,
+    sample_pc as sample_pc,
+    sample_sde as sample_sde,
+    score_from_velocity as score_from_velocity,
+)
 
 __version__ = "0.1.0"

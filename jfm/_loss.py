@@ -6,6 +6,7 @@ Losses return one value per example (shape ``(B,)``); the train step reduces the
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -14,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._custom_types import ApplyFn, Args
 from ._misc import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete
-from ._paths import AbstractPath, AffinePath
+from ._paths import AbstractPath, AffinePath, DiffusionSDE
 
 
 def _check_n(n) -> int:
@@ -245,4 +246,255 @@ def cfm_loss(
     return jnp.mean(sq, axis=tuple(range(1, x1.ndim)))
 
 
-__all__ = ["cfm_loss", "logit_normal_time", "uniform_time"]
+# --- issue 4: score matching losses (DSM with weighting, noise and data prediction) ---
+
+_WEIGHTINGS: tuple[str, ...] = ("unit", "sigma2", "likelihood")
+
+
+def _loss_weight(path, t, weighting, kind, dtype):
+    """Per-example weight ``w(t)`` on the squared error of parametrization ``kind``.
+
+    ``"likelihood"`` is the weight that makes the loss equal to DSM with ``lambda = g^2``
+    (``g`` the diffusion of :class:`jfm.DiffusionSDE`): ``g^2`` on the score error,
+    ``g^2 / sigma^2`` on the noise error, ``g^2 alpha^2 / sigma^4`` on the data error.
+    """
+    if callable(weighting):
+        w = jax.vmap(lambda ti: jnp.asarray(weighting(ti)))(t)
+        if w.shape != t.shape:
+            raise ValueError(
+                f"`weighting` must map a scalar time to a scalar weight; got shape {w.shape[1:]}."
+            )
+        return w.astype(dtype)
+    check_name(weighting, "weighting", _WEIGHTINGS)
+    if weighting == "unit":
+        return jnp.ones_like(t)
+    sigma = jax.vmap(path.sigma)(t)
+    if weighting == "sigma2":
+        return (sigma**2).astype(dtype)
+    g2 = jax.vmap(DiffusionSDE(path).diffusion)(t) ** 2
+    if kind == "score":
+        w = g2
+    elif kind == "x0":
+        w = g2 / sigma**2
+    else:
+        w = g2 * jax.vmap(path.alpha)(t) ** 2 / sigma**4
+    return w.astype(dtype)
+
+
+class _ToScore(eqx.Module):
+    """A batch-first ``apply`` whose output (parametrization ``pred``) is converted to the
+    score with ``path.convert``."""
+
+    apply: Callable = eqx.field(static=True)
+    path: AffinePath
+    pred: str = eqx.field(static=True)
+
+    def __call__(self, params, t, x, args):
+        out = self.apply(params, t, x, args)
+        if not hasattr(out, "shape") or out.shape != x.shape:
+            raise ValueError(
+                f"`apply` must return shape (B, *event) = {x.shape}; "
+                f"got {getattr(out, 'shape', type(out))}."
+            )
+        conv = lambda ti, xi, oi: self.path.convert(ti, xi, oi, src=self.pred, dst="score")
+        return jax.vmap(conv)(t, x, jnp.asarray(out).astype(x.dtype))
+
+
+def _weighted_loss(
+    apply, params, x1, *, path, key, kind, weighting, x0, args, time_sampler, t, t_max
+):
+    if not isinstance(path, AffinePath):
+        raise TypeError(
+            f"`path` must be a jfm.AffinePath (e.g. jfm.AffinePath(jfm.VP())); got {type(path)}."
+        )
+    check_key(key)
+    x1 = check_array(x1, "x1", min_ndim=1)
+    dtype = x1.dtype
+    if is_concrete(t_max) and not 0 < float(t_max) <= 1:
+        raise ValueError(f"`t_max` must lie in (0, 1]; got t_max={float(t_max)}.")
+    key_t, key_rest = jr.split(key)
+    if t is None:
+        t = time_sampler(x1.shape[0], key=key_t, dtype=dtype)
+        t = check_array(t, "time_sampler output") * jnp.asarray(t_max, dtype)
+    t = check_array(t, "t")
+    if t.shape != (x1.shape[0],):
+        raise ValueError(
+            f"`t` must have shape (B,) = ({x1.shape[0]},) to match x1.shape={x1.shape}; got "
+            f"shape {t.shape}."
+        )
+    t = t.astype(dtype)
+    losses = cfm_loss(apply, params, x1, path=path, key=key_rest, x0=x0, args=args, pred=kind, t=t)
+    return _loss_weight(path, t, weighting, kind, dtype) * losses
+
+
+def dsm_loss(
+    apply: ApplyFn,
+    params: PyTree,
+    x1: Float[ArrayLike, " batch *event"],
+    *,
+    path: AffinePath,
+    key: PRNGKeyArray,
+    weighting: str | Callable[[Array], Array] = "sigma2",
+    pred: str = "score",
+    x0: Float[ArrayLike, " batch *event"] | None = None,
+    args: Args = None,
+    time_sampler: Callable[..., Array] = uniform_time,
+    t: Float[ArrayLike, " batch"] | None = None,
+    t_max: float | Float[ArrayLike, ""] = 1.0,
+) -> Float[Array, " batch"]:
+    r"""Per-example denoising score matching loss with weighting ``lambda(t)``.
+
+    With ``x_t = alpha_t x1 + sigma_t x0`` (``x0 ~ N(0, I)``), the conditional score
+    ``grad log p_t(x_t | x1) = -x0 / sigma_t`` and the model's score ``s_theta`` (its
+    output, converted from parametrization ``pred`` with ``path.convert`` if needed),
+
+    .. math::
+        \ell_i = \frac{\lambda(t_i)}{d} \Big\| s_\theta(t_i, x_{t,i}) +
+                 \frac{x_{0,i}}{\sigma_{t_i}} \Big\|^2 ,
+
+    whose expectation equals the explicit score matching loss
+    ``E lambda ||s_theta - grad log p_t||^2 / d`` up to a constant (Vincent 2011): the
+    minimiser is the marginal score for any ``lambda > 0``. Weightings: ``"sigma2"``
+    (``lambda = sigma_t^2``, default; equal to the unit-weighted noise-prediction loss of
+    :func:`jfm.eps_loss`), ``"unit"`` (``lambda = 1``), ``"likelihood"``
+    (``lambda = g(t)^2``, the diffusion of :class:`jfm.DiffusionSDE`; the loss then bounds
+    the negative log-likelihood, Song et al. 2021), or a function ``lambda(t)``.
+    ``"unit"`` and ``"likelihood"`` have infinite variance where ``sigma -> 0``
+    (``t = 1`` for CondOT and VP): train on ``t <= t_max < 1``.
+
+    ``time_sampler`` times are multiplied by ``t_max``; ``key`` is split into one key for
+    ``t`` and one for :func:`jfm.cfm_loss`'s noise. Pass it to :func:`jfm.make_train_step`
+    as ``functools.partial(jfm.dsm_loss, path=path)``.
+
+    Args:
+        apply: ``apply(params, t[B], x[B, *event], args) -> [B, *event]`` (batch-first).
+        params: its parameters.
+        x1: ``(B, *event)`` data batch.
+        path: an :class:`jfm.AffinePath`.
+        key: PRNG key (keyword-only, required).
+        weighting: ``"sigma2"``, ``"unit"``, ``"likelihood"`` or ``lambda(t) -> scalar``.
+        pred: the model's parametrization (``"score"``, ``"x0"``, ``"x1"`` or
+            ``"velocity"``), converted to the score.
+        x0, args, time_sampler, t: as in :func:`jfm.cfm_loss`.
+        t_max: upper end of the training times, in ``(0, 1]``.
+
+    Returns:
+        ``(B,)`` losses in ``x1``'s dtype.
+
+    Raises:
+        TypeError: ``path`` not an ``AffinePath``; ``key`` missing.
+        ValueError: unknown ``weighting`` or ``pred``; bad shapes; ``t_max`` outside
+            ``(0, 1]``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jfm
+        >>> apply = lambda p, t, x, args: -p * x
+        >>> path = jfm.AffinePath(jfm.VP())
+        >>> jfm.dsm_loss(apply, 1.0, jnp.ones((4, 2)), path=path, key=jax.random.key(0)).shape
+        (4,)
+
+    References:
+        Vincent, "A Connection Between Score Matching and Denoising Autoencoders", Neural
+        Computation 2011; Song, Durkan, Murray, Ermon, "Maximum Likelihood Training of
+        Score-Based Diffusion Models", NeurIPS 2021.
+    """
+    check_name(pred, "pred", PARAMETRIZATIONS)
+    if not callable(apply):
+        raise TypeError(f"`apply` must be callable apply(params, t, x, args); got {type(apply)}.")
+    if pred != "score":
+        apply = _ToScore(apply, path, pred)
+    return _weighted_loss(
+        apply, params, x1, path=path, key=key, kind="score", weighting=weighting, x0=x0,
+        args=args, time_sampler=time_sampler, t=t, t_max=t_max,
+    )  # fmt: skip
+
+
+def eps_loss(
+    apply: ApplyFn,
+    params: PyTree,
+    x1: Float[ArrayLike, " batch *event"],
+    *,
+    path: AffinePath,
+    key: PRNGKeyArray,
+    weighting: str | Callable[[Array], Array] = "unit",
+    x0: Float[ArrayLike, " batch *event"] | None = None,
+    args: Args = None,
+    time_sampler: Callable[..., Array] = uniform_time,
+    t: Float[ArrayLike, " batch"] | None = None,
+    t_max: float | Float[ArrayLike, ""] = 1.0,
+) -> Float[Array, " batch"]:
+    r"""Per-example noise-prediction (DDPM, ``eps``) loss for a model predicting ``x0``.
+
+    .. math::
+        \ell_i = \frac{w(t_i)}{d} \big\| \hat\epsilon_\theta(t_i, x_{t,i}) - x_{0,i} \big\|^2
+
+    (``x0`` is the noise in jfm's naming). ``"unit"`` (default) is DDPM's simple loss;
+    ``"likelihood"`` is ``w = g^2 / sigma^2``, which makes it the likelihood-weighted DSM
+    loss of the score ``-eps / sigma``; ``"sigma2"`` is ``w = sigma^2``; or a function.
+    Same arguments as :func:`jfm.dsm_loss` (the model predicts ``"x0"``).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jfm
+        >>> apply = lambda p, t, x, args: p * x
+        >>> path = jfm.AffinePath(jfm.VP())
+        >>> jfm.eps_loss(apply, 1.0, jnp.ones((4, 2)), path=path, key=jax.random.key(0)).shape
+        (4,)
+
+    References:
+        Ho, Jain, Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
+    """
+    return _weighted_loss(
+        apply, params, x1, path=path, key=key, kind="x0", weighting=weighting, x0=x0,
+        args=args, time_sampler=time_sampler, t=t, t_max=t_max,
+    )  # fmt: skip
+
+
+def x1_loss(
+    apply: ApplyFn,
+    params: PyTree,
+    x1: Float[ArrayLike, " batch *event"],
+    *,
+    path: AffinePath,
+    key: PRNGKeyArray,
+    weighting: str | Callable[[Array], Array] = "unit",
+    x0: Float[ArrayLike, " batch *event"] | None = None,
+    args: Args = None,
+    time_sampler: Callable[..., Array] = uniform_time,
+    t: Float[ArrayLike, " batch"] | None = None,
+    t_max: float | Float[ArrayLike, ""] = 1.0,
+) -> Float[Array, " batch"]:
+    r"""Per-example data-prediction (denoiser, ``x1``) loss.
+
+    .. math::
+        \ell_i = \frac{w(t_i)}{d} \big\| \hat x_{1,\theta}(t_i, x_{t,i}) - x_{1,i} \big\|^2 ,
+
+    minimised by the posterior mean ``E[x1 | x_t]``. ``"unit"`` (default);
+    ``"likelihood"``: ``w = g^2 alpha^2 / sigma^4`` (the likelihood-weighted DSM loss of
+    the score ``(alpha x1_hat - x) / sigma^2``); ``"sigma2"``: ``w = sigma^2``; or a
+    function. Same arguments as :func:`jfm.dsm_loss` (the model predicts ``"x1"``).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, jfm
+        >>> apply = lambda p, t, x, args: p * x
+        >>> path = jfm.AffinePath(jfm.CondOT())
+        >>> jfm.x1_loss(apply, 1.0, jnp.ones((4, 2)), path=path, key=jax.random.key(0)).shape
+        (4,)
+
+    References:
+        Karras, Aittala, Aila, Laine, "Elucidating the Design Space of Diffusion-Based
+        Generative Models", NeurIPS 2022.
+    """
+    return _weighted_loss(
+        apply, params, x1, path=path, key=key, kind="x1", weighting=weighting, x0=x0,
+        args=args, time_sampler=time_sampler, t=t, t_max=t_max,
+    )  # fmt: skip
+
+
+__all__ = [
+    "cfm_loss",
+    "dsm_loss",
+    "eps_loss",
+    "logit_normal_time",
+    "uniform_time",
+    "x1_loss",
+]

@@ -60,6 +60,31 @@ class ODEResult(eqx.Module):
     xs: Float[Array, " T batch *event"] | None = None
 
 
+def _check_save_at(save_at, t0, t1, dtype):
+    """Check ``save_at`` (``None`` or ``[T]`` times, monotone in ``t0 -> t1``, within range)."""
+    if save_at is None:
+        return None
+    save_at = check_array(save_at, "save_at", ndim=1)
+    if save_at.shape[0] == 0:
+        raise ValueError("`save_at` must hold at least one time; got an empty array.")
+    save_at = save_at.astype(dtype)
+    if is_concrete((save_at, t0, t1)):
+        s, a, b = np.asarray(save_at), float(t0), float(t1)
+        diffs = np.diff(s) * np.sign(b - a)
+        if np.any(diffs <= 0):
+            raise ValueError(
+                "`save_at` must be strictly "
+                f"{'increasing' if b > a else 'decreasing'} (the direction t0={a} -> "
+                f"t1={b}); got save_at={s}."
+            )
+        if np.any(s < min(a, b)) or np.any(s > max(a, b)):
+            raise ValueError(
+                f"`save_at` must lie within [{min(a, b)}, {max(a, b)}] (between t0 and "
+                f"t1); got save_at={s}."
+            )
+    return save_at
+
+
 def sample_ode(
     field: VectorField,
     x0: Float[ArrayLike, "..."],
@@ -212,25 +237,7 @@ def sample_ode(
         solver, steps, rtol, atol, dt0, max_steps, t0, t1, dtype
     )
 
-    if save_at is not None:
-        save_at = check_array(save_at, "save_at", ndim=1)
-        if save_at.shape[0] == 0:
-            raise ValueError("`save_at` must hold at least one time; got an empty array.")
-        save_at = save_at.astype(dtype)
-        if is_concrete((save_at, t0, t1)):
-            s, a, b = np.asarray(save_at), float(t0), float(t1)
-            diffs = np.diff(s) * np.sign(b - a)
-            if np.any(diffs <= 0):
-                raise ValueError(
-                    "`save_at` must be strictly "
-                    f"{'increasing' if b > a else 'decreasing'} (the direction t0={a} -> "
-                    f"t1={b}); got save_at={s}."
-                )
-            if np.any(s < min(a, b)) or np.any(s > max(a, b)):
-                raise ValueError(
-                    f"`save_at` must lie within [{min(a, b)}, {max(a, b)}] (between t0 and "
-                    f"t1); got save_at={s}."
-                )
+    save_at = _check_save_at(save_at, t0, t1, dtype)
 
     messages = (
         # Static strings (part of the compiled function): no traced values in them.
@@ -345,13 +352,22 @@ def _sample_ode(
         if xs is not None:
             xs = jnp.swapaxes(xs, 0, 1)  # [B, T, *event] -> [T, B, *event]
         finite = jnp.all(jnp.isfinite(x1), axis=tuple(range(1, x0.ndim)))
+    x1, success = _check_result(x1, result, finite, throw, messages)
+    return ODEResult(x1=x1, success=success, result=result, ts=save_at, xs=xs, **stats)
+
+
+def _check_result(x1, result, finite, throw, messages):
+    """``(x1, success)``; with ``throw`` raise (``eqx.error_if``) on a failed solve.
+
+    ``messages = (max_steps reached, other diffrax failure, non-finite x1)``.
+    """
     ok = result == dfx.RESULTS.successful
     if throw:
         msg_max, msg_other, msg_nonfinite = messages
         x1 = eqx.error_if(x1, result == dfx.RESULTS.max_steps_reached, msg_max)
         x1 = eqx.error_if(x1, ~ok, msg_other)
         x1 = eqx.error_if(x1, ~finite, msg_nonfinite)
-    return ODEResult(x1=x1, success=ok & finite, result=result, ts=save_at, xs=xs, **stats)
+    return x1, ok & finite
 
 
 __all__ = ["ODEResult", "sample_ode"]

@@ -68,6 +68,8 @@ def _stage_counts(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:
         return 1, False
     if isinstance(solver, dfx.AbstractERK) and isinstance(solver.tableau, dfx.ButcherTableau):
         return int(solver.tableau.num_stages), bool(solver.tableau.fsal)
+    if isinstance(solver, dfx.AbstractSRK):  # SDE solvers (jfm.sample_sde): one drift per stage
+        return len(solver.tableau.b_sol), False
     return None
 
 
@@ -117,12 +119,16 @@ def _check_int(v, name, lo):
     return int(v)
 
 
-def _check_step_control(solver, steps, rtol, atol, dt0, max_steps, t_start, t_end, dtype):
+def _check_step_control(
+    solver, steps, rtol, atol, dt0, max_steps, t_start, t_end, dtype, adaptive_hint=None
+):
     """Validate the choice between fixed (``steps``) and adaptive (``rtol``/``atol``) steps.
 
-    Shared by :func:`jfm.sample_ode` and :func:`jfm.log_prob`; ``t_start -> t_end`` is the
-    direction of integration (``dt0`` must carry its sign). Returns
-    ``(steps, rtol, atol, dt0, adaptive)`` with tolerances and ``dt0`` cast to ``dtype``.
+    Shared by :func:`jfm.sample_ode`, :func:`jfm.log_prob` and :func:`jfm.sample_sde`;
+    ``t_start -> t_end`` is the direction of integration (``dt0`` must carry its sign).
+    ``adaptive_hint`` (SDEs): ``None`` for the ODE rule (an ``AbstractAdaptiveSolver``), or
+    ``(can_adapt, message)`` from the caller. Returns ``(steps, rtol, atol, dt0, adaptive)``
+    with tolerances and ``dt0`` cast to ``dtype``.
     """
     how = (
         "pass either steps=N (fixed step) or both rtol=... and atol=... (adaptive step); "
@@ -144,7 +150,10 @@ def _check_step_control(solver, steps, rtol, atol, dt0, max_steps, t_start, t_en
         return steps, rtol, atol, dt0, False
     if rtol is None or atol is None:
         raise ValueError(f"No step control chosen: {how}.")
-    if not isinstance(solver, dfx.AbstractAdaptiveSolver):
+    if adaptive_hint is not None:
+        if not adaptive_hint[0]:
+            raise ValueError(adaptive_hint[1])
+    elif not isinstance(solver, dfx.AbstractAdaptiveSolver):
         raise ValueError(
             f"`solver`={type(solver).__name__}() has no error estimate, so it cannot "
             "take adaptive steps (rtol/atol); pass steps=N, or an adaptive solver such "

@@ -9,3 +9,4 @@ from .schedule import (
     CustomSchedule as CustomSchedule,
     Polynomial as Polynomial,
 )
+from .diffusion import DiffusionSDE as DiffusionSDE
