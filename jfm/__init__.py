@@ -49,4 +49,14 @@ from ._train import (
 )
 from .metrics import energy_distance as energy_distance
 
+# isort: split
+# --- issue 5: couplings, Schrodinger bridge, classifier-free guidance ---
+from ._couplings import (
+    exact_ot_coupling as exact_ot_coupling,
+    independent_coupling as independent_coupling,
+    label_ot_coupling as label_ot_coupling,
+    sinkhorn_coupling as sinkhorn_coupling,
+)
+from ._paths import SchrodingerBridgePath as SchrodingerBridgePath
+
 __version__ = "0.1.0"

@@ -9,3 +9,7 @@ from .schedule import (
     CustomSchedule as CustomSchedule,
     Polynomial as Polynomial,
 )
+
+# isort: split
+# --- issue 5: Schrodinger-bridge path ---
+from .bridge import SchrodingerBridgePath as SchrodingerBridgePath
