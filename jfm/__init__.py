@@ -57,6 +57,7 @@ from ._couplings import (
     label_ot_coupling as label_ot_coupling,
     sinkhorn_coupling as sinkhorn_coupling,
 )
+from ._guidance import classifier_free_guidance as classifier_free_guidance
 from ._paths import SchrodingerBridgePath as SchrodingerBridgePath
 
 __version__ = "0.1.0"

@@ -84,17 +84,23 @@ class _FirstRejections(dfx.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.array(False), jnp.array(0, dtype=jnp.int32))
+        zero = jnp.array(0, dtype=jnp.int32)
+        return tnext, (state, jnp.array(False), zero, zero, jnp.array(False))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        inner, accepted_any, early_rejections = state
+        inner, accepted_any, early_rejections, jump_evals, after_jump = state
         keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         keep = jnp.asarray(keep)
         early_rejections = early_rejections + jnp.where(keep | accepted_any, 0, 1).astype(jnp.int32)
         accepted_any = accepted_any | keep
-        return keep, tprev, tnext, made_jump, (inner, accepted_any, early_rejections), result
+        # An attempt that starts at a jump time (``jump_ts``) re-evaluates the first stage
+        # of an FSAL solver; diffrax keeps its made_jump flag until a step is accepted.
+        jump_evals = jump_evals + jnp.where(after_jump, 1, 0).astype(jnp.int32)
+        after_jump = jnp.where(keep, jnp.asarray(made_jump), after_jump)
+        state = (inner, accepted_any, early_rejections, jump_evals, after_jump)
+        return keep, tprev, tnext, made_jump, state, result
 
 
 def _stage_counts(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:
@@ -214,6 +220,7 @@ def sample_ode(
     max_steps: int = 4096,
     throw: bool = True,
     adjoint: dfx.AbstractAdjoint | None = None,
+    jump_ts: Float[ArrayLike, " J"] | None = None,
 ) -> ODEResult:
     r"""Transport a batch of points along the ODE ``dx/dt = field(t, x, args)`` from t0 to t1.
 
@@ -297,6 +304,14 @@ def sample_ode(
         adjoint: diffrax adjoint for gradients (default
             ``dfx.RecursiveCheckpointAdjoint()``; ``jax.jvp`` through the solve needs
             ``dfx.ForwardMode()``).
+        jump_ts: adaptive mode only: ``[J]`` times where the field is discontinuous in
+            ``t`` (e.g. the edges of a guidance interval), passed to
+            :class:`diffrax.PIDController` so that steps end exactly there instead of
+            being rejected repeatedly across the jump. ``None`` (default) takes
+            ``field.jump_ts`` when the field has that attribute (e.g.
+            :func:`jfm.classifier_free_guidance` with an ``interval``), else none. After a
+            jump an FSAL solver re-evaluates its first stage (counted in ``nfe``).
+            Ignored with ``steps=N``.
 
     Returns:
         An :class:`jfm.ODEResult`.
@@ -348,6 +363,12 @@ def sample_ode(
     steps, rtol, atol, dt0, adaptive = _check_step_control(
         solver, steps, rtol, atol, dt0, max_steps, t0, t1, dtype
     )
+    if jump_ts is None:
+        jump_ts = getattr(field, "jump_ts", None)
+    if jump_ts is not None:
+        jump_ts = check_array(jump_ts, "jump_ts", ndim=1).astype(dtype)
+        if not adaptive or jump_ts.shape[0] == 0:
+            jump_ts = None
 
     if save_at is not None:
         save_at = check_array(save_at, "save_at", ndim=1)
@@ -397,6 +418,7 @@ def sample_ode(
         throw=throw,
         adjoint=adjoint,
         messages=messages,
+        jump_ts=jump_ts,
     )
 
 
@@ -426,6 +448,7 @@ def _solve_one(
     adaptive,
     max_steps,
     adjoint,
+    jump_ts=None,
 ):
     """One diffeqsolve of ``dy/dt = vf(t, y, field_args)``; returns (y1, ys, stats, result).
 
@@ -452,6 +475,8 @@ def _solve_one(
             )
             dt0 = direction * lax.stop_gradient(tnext - direction * t0)
             init_nfe = _INITIAL_STEP_NFE
+        if jump_ts is not None:
+            pid = dfx.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts)
         controller = _FirstRejections(pid)
     else:
         controller = dfx.ConstantStepSize()
@@ -474,7 +499,13 @@ def _solve_one(
         throw=False,
     )
     num_steps = jnp.asarray(sol.stats["num_steps"])
-    early = sol.controller_state[2] if adaptive else jnp.zeros((), num_steps.dtype)
+    # First-stage re-evaluations of FSAL solvers: retries before the first accepted step
+    # and attempts starting at a jump time.
+    early = (
+        sol.controller_state[2] + sol.controller_state[3]
+        if adaptive
+        else jnp.zeros((), num_steps.dtype)
+    )
     nfe = _count_nfe(solver, num_steps, early.astype(num_steps.dtype), init_nfe)
     stats = dict(
         nfe=nfe,
@@ -506,8 +537,11 @@ def _sample_ode(
     throw,
     adjoint,
     messages,
+    jump_ts=None,
 ):
-    common = dict(solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint)
+    common = dict(
+        solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint, jump_ts=jump_ts
+    )
     rest = (t0, t1, (field, args), save_at, steps, rtol, atol, dt0)
     if batch == "joint":
         x1, xs, stats, result = _solve_one(_joint_vf, x0, *rest, **common)

@@ -1,8 +1,8 @@
 r"""Sample-quality metrics: W2, energy distance and MMD between two sample sets; path
 energy, normalized path energy and straightness of trajectories.
 
-Energy distance and MMD compare an ``[N, *event]`` set ``x`` with an ``[M, *event]`` set ``y`` (image-shaped
-events are flattened to ``D = prod(event)`` features) through all ``N x M`` (and
+Energy distance and MMD compare an ``[N, *event]`` set ``x`` with an ``[M, *event]`` set
+``y`` (image-shaped events are flattened to ``D = prod(event)`` features) through all ``N x M`` (and
 ``N x N``, ``M x M``) pairwise Euclidean distances. Pairwise differences are formed
 directly (never as ``|x|^2 + |y|^2 - 2 x.y``, which loses all precision for close
 points) in blocks of rows, so memory is ``O(chunk * M * D)`` and the ``N x M`` matrix is
