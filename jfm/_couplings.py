@@ -174,11 +174,13 @@ def sinkhorn_plan(
     max_iterations: int,
 ) -> Float[Array, "batch batch"]:
     """The entropic OT plan ``P[i, j]`` between uniform ``x0_i`` and ``x1_j`` (ott-jax)."""
-    geom = pointcloud.PointCloud(
-        _flat(x0), _flat(x1), epsilon=epsilon, relative_epsilon=relative_epsilon
-    )
-    out = linear.solve(geom, threshold=threshold, max_iterations=max_iterations)
-    return out.matrix
+    # ott-jax relies on NumPy's implicit rank and dtype promotion internally.
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        geom = pointcloud.PointCloud(
+            _flat(x0), _flat(x1), epsilon=epsilon, relative_epsilon=relative_epsilon
+        )
+        out = linear.solve(geom, threshold=threshold, max_iterations=max_iterations)
+        return out.matrix.astype(x0.dtype)
 
 
 def sinkhorn_coupling(

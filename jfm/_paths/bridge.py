@@ -12,10 +12,12 @@ from .affine import _check_pair
 from .base import AbstractPath
 
 
-def _safe_ratio(num, den):
-    """``num / den`` where ``den > 0``, else 0, with finite gradients (double where)."""
-    pos = den > 0
-    return jnp.where(pos, num / jnp.where(pos, den, jnp.ones_like(den)), jnp.zeros_like(den))
+def _bridge_rate(t):
+    """``(1 - 2t) / (2 sqrt(t (1 - t)))`` for ``0 < t < 1``, else 0; finite gradients."""
+    s = t * (1 - t)
+    pos = s > 0
+    root = jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s)))  # double where: no inf * 0
+    return jnp.where(pos, (1 - 2 * t) / (2 * root), jnp.zeros_like(s))
 
 
 class SchrodingerBridgePath(AbstractPath):
@@ -138,7 +140,7 @@ class SchrodingerBridgePath(AbstractPath):
         _, eps = _check_pair(x0, eps, "x0", "eps")
         t = check_scalar_time(t).astype(x1.dtype)
         # d/dt [sigma sqrt(t (1 - t))] = sigma (1 - 2t) / (2 sqrt(t (1 - t))).
-        d_std = self.sigma.astype(x1.dtype) * _safe_ratio(1 - 2 * t, 2 * jnp.sqrt(t * (1 - t)))
+        d_std = self.sigma.astype(x1.dtype) * _bridge_rate(t)
         return (x1 - x0 + d_std * eps).astype(x1.dtype)
 
     def coupling(self, x0, x1, *, key: PRNGKeyArray):
