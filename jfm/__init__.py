@@ -63,5 +63,15 @@ from ._sde import (
     sample_sde as sample_sde,
     score_from_velocity as score_from_velocity,
 )
+# isort: split
+# --- issue 5: couplings, Schrodinger bridge, classifier-free guidance ---
+from ._couplings import (
+    exact_ot_coupling as exact_ot_coupling,
+    independent_coupling as independent_coupling,
+    label_ot_coupling as label_ot_coupling,
+    sinkhorn_coupling as sinkhorn_coupling,
+)
+from ._guidance import classifier_free_guidance as classifier_free_guidance
+from ._paths import SchrodingerBridgePath as SchrodingerBridgePath
 
 __version__ = "0.1.0"

@@ -13,9 +13,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._couplings import resolve_coupling
 from ._custom_types import ApplyFn, Args
 from ._misc import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete
-from ._paths import AbstractPath, AffinePath, DiffusionSDE
+from ._paths import AbstractPath, AffinePath, DiffusionSDE, SchrodingerBridgePath
 
 
 def _check_n(n) -> int:
@@ -113,6 +114,7 @@ def cfm_loss(
     pred: str = "velocity",
     sigma_min: float | Float[ArrayLike, ""] = 0.0,
     t: Float[ArrayLike, " batch"] | None = None,
+    coupling: Callable[..., tuple[Array, Array]] | str | None = None,
 ) -> Float[Array, " batch"]:
     r"""Per-example conditional flow matching loss.
 
@@ -159,6 +161,19 @@ def cfm_loss(
         sigma_min: standard deviation of the extra smoothing noise, ``>= 0`` (default 0).
         t: ``(B,)`` times in ``[0, 1]`` to use instead of ``time_sampler``; cast to
             ``x1``'s dtype.
+        coupling: how ``(x0, x1)`` are paired before the path is sampled:
+            ``coupling(x0, x1, *, key) -> (x0', x1')``, e.g. :func:`jfm.exact_ot_coupling`
+            (OT-CFM), ``functools.partial(jfm.sinkhorn_coupling, epsilon=...)``,
+            ``SchrodingerBridgePath.coupling`` (SB-CFM), or the names ``"independent"``,
+            ``"exact_ot"``; ``None`` (default) keeps the pairs as given (independent).
+            Its key is ``fold_in(key_x0, 1)`` of the ``x0`` key (results without a
+            coupling are unchanged). The built-in couplings keep ``x1`` in place, so
+            per-example ``args`` stay aligned; a custom coupling that re-orders ``x1``
+            must not be combined with per-example ``args``.
+
+    Schrodinger-bridge paths (:class:`jfm.SchrodingerBridgePath`) have noise in ``x_t``
+    besides ``x0``: ``eps ~ N(0, I)`` is drawn with the ``eps`` key and passed to
+    ``path.sample``/``path.target`` (``sigma_min`` must then be 0).
 
     Returns:
         ``(B,)`` losses in ``x1``'s dtype (the model output is cast to it).
@@ -230,9 +245,15 @@ def cfm_loss(
             f"x1.shape={x1.shape}."
         )
     x0 = x0.astype(dtype)
+    if coupling is not None:
+        x0, x1 = _apply_coupling(coupling, x0, x1, jr.fold_in(key_x0, 1))
 
-    xt = jax.vmap(path.sample)(t, x0, x1)
-    target = jax.vmap(lambda ti, a, b: path.target(ti, a, b, kind=pred))(t, x0, x1)
+    if isinstance(path, SchrodingerBridgePath):
+        xt, target = _bridge_sample_target(path, t, x0, x1, key_eps, pred, smoothing)
+        smoothing = False
+    else:
+        xt = jax.vmap(path.sample)(t, x0, x1)
+        target = jax.vmap(lambda ti, a, b: path.target(ti, a, b, kind=pred))(t, x0, x1)
     if smoothing:
         eps = jr.normal(key_eps, x1.shape, dtype)
         xt = xt + jnp.asarray(sigma_min, dtype) * eps
@@ -498,3 +519,31 @@ __all__ = [
     "uniform_time",
     "x1_loss",
 ]
+def _apply_coupling(coupling, x0, x1, key):
+    """Pair ``(x0, x1)`` with ``coupling`` and check that it kept shapes and dtypes."""
+    c0, c1 = resolve_coupling(coupling)(x0, x1, key=key)
+    for name, new, old in (("x0", c0, x0), ("x1", c1, x1)):
+        if getattr(new, "shape", None) != old.shape or new.dtype != old.dtype:
+            raise ValueError(
+                f"`coupling` must return (x0, x1) of the input shapes and dtypes; got {name} "
+                f"{getattr(new, 'shape', type(new))} {getattr(new, 'dtype', '')}, expected "
+                f"{old.shape} {old.dtype}."
+            )
+    return c0, c1
+
+
+def _bridge_sample_target(path, t, x0, x1, key, pred, smoothing):
+    """``x_t`` and the velocity target of a Schrodinger-bridge path (noise from ``key``)."""
+    if smoothing:
+        raise ValueError(
+            "`sigma_min` must be 0 with a SchrodingerBridgePath: its x_t already carries "
+            "the bridge noise sigma sqrt(t(1-t)) eps; set the noise level with its sigma."
+        )
+    check_name(pred, "pred", ("velocity",))
+    eps = jr.normal(key, x1.shape, x1.dtype)
+    xt = jax.vmap(path.sample)(t, x0, x1, eps)
+    target = jax.vmap(lambda ti, a, b, e: path.target(ti, a, b, e, kind=pred))(t, x0, x1, eps)
+    return xt, target
+
+
+__all__ = ["cfm_loss", "logit_normal_time", "uniform_time"]

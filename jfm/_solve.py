@@ -102,6 +102,7 @@ def sample_ode(
     max_steps: int = 4096,
     throw: bool = True,
     adjoint: dfx.AbstractAdjoint | None = None,
+    jump_ts: Float[ArrayLike, " J"] | None = None,
 ) -> ODEResult:
     r"""Transport a batch of points along the ODE ``dx/dt = field(t, x, args)`` from t0 to t1.
 
@@ -185,6 +186,14 @@ def sample_ode(
         adjoint: diffrax adjoint for gradients (default
             ``dfx.RecursiveCheckpointAdjoint()``; ``jax.jvp`` through the solve needs
             ``dfx.ForwardMode()``).
+        jump_ts: adaptive mode only: ``[J]`` times where the field is discontinuous in
+            ``t`` (e.g. the edges of a guidance interval), passed to
+            :class:`diffrax.PIDController` so that steps end exactly there instead of
+            being rejected repeatedly across the jump. ``None`` (default) takes
+            ``field.jump_ts`` when the field has that attribute (e.g.
+            :func:`jfm.classifier_free_guidance` with an ``interval``), else none. After a
+            jump an FSAL solver re-evaluates its first stage (counted in ``nfe``).
+            Ignored with ``steps=N``.
 
     Returns:
         An :class:`jfm.ODEResult`.
@@ -237,6 +246,13 @@ def sample_ode(
         solver, steps, rtol, atol, dt0, max_steps, t0, t1, dtype
     )
 
+    if jump_ts is None:
+        jump_ts = getattr(field, "jump_ts", None)
+    if jump_ts is not None:
+        jump_ts = check_array(jump_ts, "jump_ts", ndim=1).astype(dtype)
+        if not adaptive or jump_ts.shape[0] == 0:
+            jump_ts = None
+
     save_at = _check_save_at(save_at, t0, t1, dtype)
 
     messages = (
@@ -267,6 +283,7 @@ def sample_ode(
         throw=throw,
         adjoint=adjoint,
         messages=messages,
+        jump_ts=jump_ts,
     )
 
 
@@ -337,9 +354,15 @@ def _sample_ode(
     throw,
     adjoint,
     messages,
+    jump_ts=None,
 ):
     common = dict(
-        solver=solver, adaptive=adaptive, max_steps=max_steps, adjoint=adjoint, save_at=save_at
+        solver=solver,
+        adaptive=adaptive,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        save_at=save_at,
+        jump_ts=jump_ts,
     )
     rest = (t0, t1, (field, args), steps, rtol, atol, dt0)
     if batch == "joint":

@@ -49,17 +49,23 @@ class _FirstRejections(dfx.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.array(False), jnp.array(0, dtype=jnp.int32))
+        zero = jnp.array(0, dtype=jnp.int32)
+        return tnext, (state, jnp.array(False), zero, zero, jnp.array(False))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        inner, accepted_any, early_rejections = state
+        inner, accepted_any, early_rejections, jump_evals, after_jump = state
         keep, tprev, tnext, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
         keep = jnp.asarray(keep)
         early_rejections = early_rejections + jnp.where(keep | accepted_any, 0, 1).astype(jnp.int32)
         accepted_any = accepted_any | keep
-        return keep, tprev, tnext, made_jump, (inner, accepted_any, early_rejections), result
+        # An attempt that starts at a jump time (``jump_ts``) re-evaluates the first stage
+        # of an FSAL solver; diffrax keeps its made_jump flag until a step is accepted.
+        jump_evals = jump_evals + jnp.where(after_jump, 1, 0).astype(jnp.int32)
+        after_jump = jnp.where(keep, jnp.asarray(made_jump), after_jump)
+        state = (inner, accepted_any, early_rejections, jump_evals, after_jump)
+        return keep, tprev, tnext, made_jump, state, result
 
 
 def _stage_counts(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:
@@ -187,6 +193,7 @@ def solve_counted(
     max_steps,
     adjoint,
     save_at=None,
+    jump_ts=None,
 ):
     """One diffeqsolve of ``dy/dt = vf(t, y, field_args)`` from ``t_start`` to ``t_end``.
 
@@ -198,7 +205,8 @@ def solve_counted(
     ``_INITIAL_STEP_NFE`` evaluations. Fixed: ``steps`` steps of ``(t_end - t_start) /
     steps``. The field travels in diffrax's ``args`` (not in a closure), so every adjoint
     sees its arrays. Without ``save_at`` only ``SaveAt(t1=True)`` is requested (all that
-    :class:`diffrax.BacksolveAdjoint` supports).
+    :class:`diffrax.BacksolveAdjoint` supports). ``jump_ts`` (adaptive only): times where
+    the field jumps, handed to the PID controller so that steps end there.
 
     Returns:
         ``(y(t_end), ys_at_save_at or None, stats, result)`` with ``stats`` a dict of
@@ -223,6 +231,8 @@ def solve_counted(
             )
             dt0 = direction * lax.stop_gradient(tnext - direction * t_start)
             init_nfe = _INITIAL_STEP_NFE
+        if jump_ts is not None:
+            pid = dfx.PIDController(rtol=rtol, atol=atol, jump_ts=jump_ts)
         controller = _FirstRejections(pid)
     else:
         controller = dfx.ConstantStepSize()
@@ -247,7 +257,13 @@ def solve_counted(
         throw=False,
     )
     num_steps = jnp.asarray(sol.stats["num_steps"])
-    early = sol.controller_state[2] if adaptive else jnp.zeros((), num_steps.dtype)
+    # First-stage re-evaluations of FSAL solvers: retries before the first accepted step
+    # and attempts starting at a jump time.
+    early = (
+        sol.controller_state[2] + sol.controller_state[3]
+        if adaptive
+        else jnp.zeros((), num_steps.dtype)
+    )
     stats = dict(
         nfe=_count_nfe(solver, num_steps, early.astype(num_steps.dtype), init_nfe),
         num_steps=num_steps,

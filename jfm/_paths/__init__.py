@@ -10,3 +10,7 @@ from .schedule import (
     Polynomial as Polynomial,
 )
 from .diffusion import DiffusionSDE as DiffusionSDE
+
+# isort: split
+# --- issue 5: Schrodinger-bridge path ---
+from .bridge import SchrodingerBridgePath as SchrodingerBridgePath
