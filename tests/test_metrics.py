@@ -247,3 +247,67 @@ def test_errors(getkey):
             jfm.metrics.mmd(x, y, bandwidth=bad)
     with raises_arg(ValueError, "bandwidth"):
         jfm.metrics.mmd(x, y, bandwidth=jnp.ones((2, 2)))
+
+
+# -- W2 (exact optimal assignment) ----------------------------------------------------------
+
+
+def test_w2_matches_scipy_assignment(getkey):
+    import scipy.optimize
+
+    for n, d in ((7, 3), (40, 2)):
+        x, y = jr.normal(getkey(), (n, d)), 0.5 + jr.normal(getkey(), (n, d))
+        c = ((np.asarray(x)[:, None] - np.asarray(y)[None]) ** 2).sum(-1)
+        r, k = scipy.optimize.linear_sum_assignment(c)
+        ref = c[r, k].mean()
+        # Same optimum (unique for continuous data), summed in another order: round-off.
+        np.testing.assert_allclose(jfm.metrics.w2(x, y, squared=True), ref, rtol=1e-12)
+        np.testing.assert_allclose(jfm.metrics.w2(x, y), math.sqrt(ref), rtol=1e-12)
+
+
+def test_w2_known_values(getkey):
+    x = jr.normal(getkey(), (50, 3))
+    # Permutation: 0 exactly (the identity matching costs exactly 0).
+    assert float(jfm.metrics.w2(x, x[jr.permutation(getkey(), 50)])) == 0.0
+    # Translation by b: W2 = |b| (a translation is the OT map for the squared cost).
+    b = jnp.array([0.3, -1.2, 2.0])
+    np.testing.assert_allclose(jfm.metrics.w2(x, x + b[None]), jnp.linalg.norm(b), rtol=1e-12)
+    # 1-D: the optimal matching is by sorted order (monotone rearrangement).
+    u, v = jr.normal(getkey(), (60,)), 2 * jr.exponential(getkey(), (60,))
+    ref = np.mean((np.sort(u) - np.sort(v)) ** 2)
+    np.testing.assert_allclose(
+        jfm.metrics.w2(u[:, None], v[:, None], squared=True), ref, rtol=1e-12
+    )
+    # Image-shaped events are flattened; symmetric.
+    xi, yi = jr.normal(getkey(), (9, 2, 2, 1)), jr.normal(getkey(), (9, 2, 2, 1))
+    np.testing.assert_allclose(
+        jfm.metrics.w2(xi, yi), jfm.metrics.w2(yi.reshape(9, -1), xi.reshape(9, -1)), rtol=1e-12
+    )
+
+
+def test_w2_gradient_jit_vmap_dtype(getkey):
+    x, y = jr.normal(getkey(), (12, 2)), jr.normal(getkey(), (12, 2))
+    # Envelope theorem: grad_x W2^2 = (2/N) (x_i - y_perm(i)); finite differences agree
+    # away from ties (continuous data: the optimal permutation is locally constant).
+    check_grads(lambda a: jfm.metrics.w2(a, y, squared=True), (x,), order=1, modes=("rev",))
+    g = jax.grad(jfm.metrics.w2)(x, x)  # W2 = 0: zero (not NaN) gradient of the root
+    assert bool(jnp.all(g == 0))
+    jitted = jax.jit(jfm.metrics.w2)
+    np.testing.assert_allclose(jitted(x, y), jfm.metrics.w2(x, y), rtol=1e-14)
+    batched = jax.vmap(jfm.metrics.w2, in_axes=(0, None))(jnp.stack([x, 2 * x]), y)
+    np.testing.assert_allclose(batched[1], jfm.metrics.w2(2 * x, y), rtol=1e-12)
+    out32 = jfm.metrics.w2(x.astype(jnp.float32), y.astype(jnp.float32))
+    assert out32.dtype == jnp.float32
+    np.testing.assert_allclose(out32, jfm.metrics.w2(x, y), rtol=1e-5)  # float32 round-off
+
+
+def test_w2_errors(getkey):
+    x, y = jr.normal(getkey(), (5, 3)), jr.normal(getkey(), (4, 3))
+    with raises_arg(ValueError, "y", "same number of samples"):
+        jfm.metrics.w2(x, y)
+    with raises_arg(ValueError, "x", "same event"):
+        jfm.metrics.w2(x, x[:, :2])
+    with raises_arg(TypeError, "x", "same dtype"):
+        jfm.metrics.w2(x.astype(jnp.float32), x)
+    with raises_arg(TypeError, "squared"):
+        jfm.metrics.w2(x, x, squared=1)
