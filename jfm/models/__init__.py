@@ -11,6 +11,7 @@ from ._embed import (
 from ._mlp import MLP as MLP
 
 # --- issue 7: U-Net ---
+# isort: split
 from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,

@@ -207,9 +207,7 @@ def _embed_class_labels(embed: nnx.Embed, k: int, labels, batch: int) -> Array:
             f"`args` must hold the (B,) integer class labels of this class-conditional "
             f"model (num_classes={k}; label {k} is the null class); got None."
         )
-    if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(
-        labels, bool
-    ):
+    if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(labels, bool):
         raise TypeError(f"`args` must be an integer label array of shape (B,); got {type(labels)}.")
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
