@@ -73,5 +73,17 @@ from ._couplings import (
 )
 from ._guidance import classifier_free_guidance as classifier_free_guidance
 from ._paths import SchrodingerBridgePath as SchrodingerBridgePath
+# --- issue 7: multi-device training ---
+# isort: split
+from ._distributed import (
+    batch_sharding as batch_sharding,
+    initialize as initialize,
+    make_mesh as make_mesh,
+    make_sharded_train_step as make_sharded_train_step,
+    replicate as replicate,
+    shard_batch as shard_batch,
+    sharded_batch_fn as sharded_batch_fn,
+    state_sharding as state_sharding,
+)
 
 __version__ = "0.1.0"

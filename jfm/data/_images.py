@@ -111,6 +111,113 @@ def load_npz(path: str | os.PathLike, key: str = "x") -> np.ndarray:
     return arr
 
 
+def load_image_npz(
+    path: str | os.PathLike, key: str = "x", *, labels_key: str | None = None
+) -> UInt8[np.ndarray, "n h w c"] | tuple[UInt8[np.ndarray, "n h w c"], np.ndarray]:
+    """Load a set of ``uint8`` images from an ``.npz`` archive, never unpickling.
+
+    The archive (``np.savez(path, x=images, y=labels)``) is read by :func:`load_npz`
+    (``allow_pickle=False``). Images must be ``uint8``, shaped ``[N, H, W]`` (grey; a
+    channel axis is added) or ``[N, H, W, C]`` with ``C`` 1 or 3 (channels-last). Map
+    them to the model range with :func:`to_unit_range`.
+
+    Args:
+        path: the ``.npz`` file.
+        key: name of the image array (default ``"x"``).
+        labels_key: name of an integer label array ``[N]`` to return as well, or ``None``.
+
+    Returns:
+        ``[N, H, W, C]`` ``uint8`` host array; with ``labels_key`` a tuple
+        ``(images, labels)``, labels ``[N]`` ``int32``.
+
+    Raises:
+        FileNotFoundError/ValueError/TypeError: as :func:`load_npz`; also images not
+        ``uint8`` or of another rank, ``C`` not 1 or 3, labels not integers or of another
+        length.
+    """
+    x = load_npz(path, key)
+    if x.dtype != np.uint8:
+        raise TypeError(
+            f"array {key!r} in {os.fspath(path)!r} must hold uint8 images (pixels 0..255); got "
+            f"dtype {x.dtype}."
+        )
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"array {key!r} in {os.fspath(path)!r} must have shape [N, H, W] or [N, H, W, C] "
+            f"with C in (1, 3) (channels-last); got shape {x.shape}."
+        )
+    if labels_key is None:
+        return x
+    y = load_npz(path, labels_key)
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"array {labels_key!r} in {os.fspath(path)!r} must hold [N] = [{x.shape[0]}] "
+            f"integer labels; got dtype {y.dtype}, shape {y.shape}."
+        )
+    return x, y.astype(np.int32)
+
+
+_CIFAR_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+_CIFAR_RECORD = 1 + 32 * 32 * 3
+
+
+def load_cifar10(
+    path: str | os.PathLike, *, split: str = "train"
+) -> tuple[UInt8[np.ndarray, "n 32 32 3"], Int[np.ndarray, " n"]]:
+    """Read CIFAR-10 from its binary distribution (``cifar-10-binary.tar.gz``), no pickle.
+
+    The "CIFAR-10 binary version" stores 10,000 records per file
+    (``data_batch_1.bin`` ... ``data_batch_5.bin`` for training, ``test_batch.bin``); a
+    record is 3073 bytes: the label (``0..9``) and then the 32x32 red, green and blue
+    planes, row-major. They are read as raw bytes (``np.fromfile``): nothing is
+    unpickled (the Python version of the data set is a pickle; it is not supported).
+
+    Args:
+        path: the extracted ``cifar-10-batches-bin`` directory, or a directory holding it.
+        split: ``"train"`` (50,000 images) or ``"test"`` (10,000).
+
+    Returns:
+        ``(images, labels)``: ``[N, 32, 32, 3]`` ``uint8`` (channels-last) and ``[N]``
+        ``int32`` host arrays, in file order. Convert with :func:`to_unit_range`.
+
+    Raises:
+        ValueError: unknown ``split``; a file whose size is not a whole number of records;
+            a label outside ``0..9``.
+        FileNotFoundError: a batch file is missing (the message names it).
+    """
+    if split not in _CIFAR_FILES:
+        raise ValueError(f"`split` must be 'train' or 'test'; got {split!r}.")
+    root = pathlib.Path(path)
+    if (root / "cifar-10-batches-bin").is_dir():
+        root = root / "cifar-10-batches-bin"
+    images, labels = [], []
+    for name in _CIFAR_FILES[split]:
+        f = root / name
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"`path` must hold the CIFAR-10 binary files; {str(f)!r} does not exist. "
+                "Extract cifar-10-binary.tar.gz and pass its cifar-10-batches-bin directory."
+            )
+        raw = np.fromfile(f, dtype=np.uint8)
+        if raw.size == 0 or raw.size % _CIFAR_RECORD:
+            raise ValueError(
+                f"{str(f)!r} is not a CIFAR-10 binary batch: {raw.size} bytes is not a "
+                f"multiple of the {_CIFAR_RECORD}-byte record."
+            )
+        rec = raw.reshape(-1, _CIFAR_RECORD)
+        lab = rec[:, 0]
+        if lab.max() > 9:
+            raise ValueError(f"{str(f)!r} holds labels outside 0..9 (max {int(lab.max())}).")
+        labels.append(lab.astype(np.int32))
+        images.append(rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def to_unit_range(
     images: UInt8[ArrayLike, "*dims"], *, dtype: DTypeLike | None = None
 ) -> Float[Array, "*dims"]:

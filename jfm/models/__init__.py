@@ -9,3 +9,12 @@ from ._embed import (
     sinusoidal_embedding as sinusoidal_embedding,
 )
 from ._mlp import MLP as MLP
+
+# --- issue 7: U-Net ---
+# isort: split
+from ._unet import (
+    AttentionBlock as AttentionBlock,
+    ResBlock as ResBlock,
+    UNet as UNet,
+    unet_config as unet_config,
+)

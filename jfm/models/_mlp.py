@@ -197,37 +197,35 @@ class MLP(nnx.Module):
         return self.out(h).reshape(batch, *event)
 
     def _embed_labels(self, labels, batch: int) -> Array:
-        k = self.num_classes
-        if labels is None:
+        return _embed_class_labels(self.class_embed, self.num_classes, labels, batch)
+
+
+def _embed_class_labels(embed: nnx.Embed, k: int, labels, batch: int) -> Array:
+    """Check ``(B,)`` integer labels in ``{0, ..., k}`` (``k`` = null class) and embed them."""
+    if labels is None:
+        raise ValueError(
+            f"`args` must hold the (B,) integer class labels of this class-conditional "
+            f"model (num_classes={k}; label {k} is the null class); got None."
+        )
+    if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(labels, bool):
+        raise TypeError(f"`args` must be an integer label array of shape (B,); got {type(labels)}.")
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`args` (class labels) must have an integer dtype; got {labels.dtype}.")
+    if labels.shape == ():
+        labels = jnp.broadcast_to(labels, (batch,))
+    if labels.shape != (batch,):
+        raise ValueError(
+            f"`args` (class labels) must have shape (B,) = ({batch},); got {labels.shape}."
+        )
+    if labels.size and is_concrete(labels):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi > k:
             raise ValueError(
-                f"`args` must hold the (B,) integer class labels of this class-conditional "
-                f"MLP (num_classes={k}; label {k} is the null class); got None."
+                f"`args` (class labels) must lie in [0, {k}] ({k} is the null class); "
+                f"got values in [{lo}, {hi}]."
             )
-        if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(
-            labels, bool
-        ):
-            raise TypeError(
-                f"`args` must be an integer label array of shape (B,); got {type(labels)}."
-            )
-        labels = jnp.asarray(labels)
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
-            raise TypeError(
-                f"`args` (class labels) must have an integer dtype; got {labels.dtype}."
-            )
-        if labels.shape == ():
-            labels = jnp.broadcast_to(labels, (batch,))
-        if labels.shape != (batch,):
-            raise ValueError(
-                f"`args` (class labels) must have shape (B,) = ({batch},); got {labels.shape}."
-            )
-        if labels.size and is_concrete(labels):
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi > k:
-                raise ValueError(
-                    f"`args` (class labels) must lie in [0, {k}] ({k} is the null class); "
-                    f"got values in [{lo}, {hi}]."
-                )
-        return self.class_embed(labels)
+    return embed(labels)
 
 
 __all__ = ["MLP"]

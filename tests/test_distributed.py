@@ -1,0 +1,198 @@
+"""Tests for jfm/_distributed.py on 8 fake CPU devices (XLA_FLAGS in conftest.py)."""
+
+import functools
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import jfm
+
+N_DEV = 8
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < N_DEV, reason="needs 8 (fake CPU) devices: see tests/conftest.py"
+)
+PATH = jfm.AffinePath(jfm.CondOT())
+# Float64 reductions split over 8 devices add the same numbers in another order: the
+# parameters agree to a few ulps times the number of steps, far below 1e-10.
+RTOL = 1e-10
+
+
+def mlp_setup(dtype=jnp.float64, width=16):
+    net = jfm.models.MLP(
+        4, hidden_features=width, depth=2, time_embed_dim=8, param_dtype=dtype, rngs=nnx.Rngs(0)
+    )
+    apply, params = jfm.split_model(net)
+    opt = optax.adam(1e-2)
+    step = jfm.make_train_step(
+        apply, opt, functools.partial(jfm.cfm_loss, path=PATH), ema_decay=0.9
+    )
+    return apply, jfm.init_train_state(params, opt, ema=True), step
+
+
+DATA = jr.normal(jr.key(3), (100, 4), jnp.float64)
+
+
+def batch_fn(key):
+    """Random rows of a table plus per-example noise: elementwise over the batch."""
+    k1, k2 = jr.split(key)
+    idx = jr.randint(k1, (16,), 0, DATA.shape[0])
+    return DATA[idx] + 0.01 * jr.normal(k2, (16, 4), jnp.float64)
+
+
+def leaves_close(a, b, rtol=RTOL):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_sharded_step_equals_single_device_and_compiles_once(fsdp):
+    _, state, step = mlp_setup()
+    mesh = jfm.make_mesh()
+    assert mesh.shape["data"] == N_DEV
+    traced = eqx.debug.assert_max_traces(step, max_traces=1)  # fails on a second trace
+    sharded = jfm.make_sharded_train_step(traced, mesh, state, fsdp=fsdp, min_size=64)
+    shardings = jfm.state_sharding(state, mesh, fsdp=fsdp, min_size=64)
+    s_state = jax.device_put(jax.tree.map(jnp.copy, state), shardings)
+    before = jax.tree.map(jax.typeof, s_state)
+    single = jax.jit(step)
+    ref = state
+    for i in range(2):
+        key = jr.key(i)
+        batch = batch_fn(jr.fold_in(key, 1))
+        ref, ref_m = single(ref, batch, key)
+        s_state, m = sharded(s_state, jfm.shard_batch(batch, mesh), key)
+        assert jax.tree.map(jax.typeof, s_state) == before  # dtypes, shapes and shardings
+    assert sharded._cache_size() == 1  # no recompilation after the first step
+    leaves_close(s_state, ref)
+    np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), rtol=RTOL)
+    n_split = 0
+    for leaf, sh in zip(jax.tree.leaves(s_state), jax.tree.leaves(shardings)):
+        assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
+        n_split += any(s is not None for s in sh.spec)
+        if fsdp and any(s is not None for s in sh.spec):
+            # each device holds 1/8 of a split leaf
+            assert leaf.addressable_shards[0].data.size * N_DEV == leaf.size
+    # FSDP splits the large kernels (and their Adam moments and EMA); replicated splits none
+    assert (n_split > 0) == fsdp
+
+
+@pytest.mark.slow
+def test_unet_sharded_step_equals_single_device():
+    net = jfm.models.UNet(
+        1,
+        image_size=4,
+        channels=4,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        groups=2,
+        param_dtype=jnp.float64,
+        rngs=nnx.Rngs(1),
+    )
+    apply, params = jfm.split_model(net)
+    opt = optax.adam(1e-3)
+    step = jfm.make_train_step(apply, opt, functools.partial(jfm.cfm_loss, path=PATH))
+    state = jfm.init_train_state(params, opt)
+    mesh = jfm.make_mesh()
+    x = jr.uniform(jr.key(0), (N_DEV, 4, 4, 1), jnp.float64, -1, 1)
+    ref, _ = jax.jit(step)(state, x, jr.key(1))
+    s_state = jax.device_put(state, jfm.state_sharding(state, mesh))
+    out, _ = jfm.make_sharded_train_step(step, mesh, state)(
+        s_state, jfm.shard_batch(x, mesh), jr.key(1)
+    )
+    leaves_close(out, ref)
+
+
+def test_sharded_batch_fn_slices_without_duplication():
+    mesh = jfm.make_mesh()
+    fn = jfm.sharded_batch_fn(batch_fn, mesh)
+    key = jr.key(11)
+    out = fn(key)
+    # The same global batch as on one device, whatever the device count ...
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(jax.jit(batch_fn)(key)))
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(jfm.sharded_batch_fn(batch_fn, jfm.make_mesh(2))(key))
+    )
+    # ... split in order, 2 rows per device ...
+    assert out.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 2)
+    for shard in out.addressable_shards:
+        rows = shard.index[0]
+        assert shard.data.shape == (2, 4)
+        np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(out)[rows])
+    # ... and each device computes only its slice: no collective in the compiled program.
+    hlo = jax.jit(batch_fn, out_shardings=jfm.batch_sharding(mesh)).lower(key).compile()
+    text = hlo.as_text()
+    for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
+        assert op not in text
+
+
+def test_sharded_sampling_and_log_prob_equal_single_device():
+    apply, state, _ = mlp_setup()
+    field = jfm.field_from_model(apply, state.params)
+    mesh = jfm.make_mesh()
+    x0 = jr.normal(jr.key(0), (16, 4), jnp.float64)
+    ref = jfm.sample_ode(field, x0, solver=dfx.Heun(), steps=8)
+    out = jfm.sample_ode(
+        jfm.replicate(field, mesh), jfm.shard_batch(x0, mesh), solver=dfx.Heun(), steps=8
+    )
+    assert out.x1.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 2)
+    np.testing.assert_allclose(np.asarray(out.x1), np.asarray(ref.x1), rtol=RTOL, atol=1e-12)
+
+    lp_ref, _ = jfm.log_prob(field, ref.x1, solver=dfx.Heun(), steps=8, path=PATH)
+    lp, _ = jfm.log_prob(
+        jfm.replicate(field, mesh),
+        jfm.shard_batch(ref.x1, mesh),
+        solver=dfx.Heun(),
+        steps=8,
+        path=PATH,
+    )
+    assert lp.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 1)
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_ref), rtol=RTOL)
+
+
+def test_fit_with_sharded_step_restores_shardings(tmp_path):
+    _, state, step = mlp_setup()
+    mesh = jfm.make_mesh()
+    shardings = jfm.state_sharding(state, mesh, fsdp=True, min_size=64)
+    sharded = jfm.make_sharded_train_step(step, mesh, state, fsdp=True, min_size=64)
+    s_state = jax.device_put(state, shardings)
+    bf = jfm.sharded_batch_fn(batch_fn, mesh)
+    kw = dict(key=jr.key(0), checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    out, _ = jfm.fit(sharded, s_state, bf, steps=4, **kw)
+    ref, _ = jfm.fit(step, state, batch_fn, steps=4, key=jr.key(0), progress=False)
+    leaves_close(out, ref)
+    restored = jfm.restore_checkpoint(tmp_path, s_state)
+    for leaf, sh in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)):
+        assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
+    leaves_close(restored, out, rtol=0)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="`devices`"):
+        jfm.make_mesh(0)
+    with pytest.raises(ValueError, match="`devices`"):
+        jfm.make_mesh(jax.device_count() + 1)
+    with pytest.raises(TypeError, match="`devices`"):
+        jfm.make_mesh("all")
+    mesh = jfm.make_mesh()
+    with pytest.raises(ValueError, match="divisible by the 8 devices"):
+        jfm.shard_batch(jnp.zeros((6, 2)), mesh)
+    with pytest.raises(ValueError, match="divisible"):
+        jfm.sharded_batch_fn(lambda k: jnp.zeros((4, 2)), mesh)(jr.key(0))
+    with pytest.raises(TypeError, match="`mesh`"):
+        jfm.batch_sharding("data")
+    with pytest.raises(ValueError, match="`axis`"):
+        jfm.batch_sharding(mesh, axis="model")
+    with pytest.raises(TypeError, match="`state`"):
+        jfm.make_sharded_train_step(lambda *a: a, mesh, {"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="`process_id`"):
+        jfm.initialize("localhost:1", num_processes=2, process_id=2)
+    assert jfm.state_sharding({"w": jnp.zeros(3)}, mesh)["w"] == NamedSharding(mesh, P())
