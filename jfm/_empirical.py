@@ -74,6 +74,8 @@ class EmpiricalField(eqx.Module):
         if self.kind == "x1":
             return jnp.tensordot(w, data, axes=1).astype(x.dtype)
         v = jax.vmap(self.path.conditional_velocity, in_axes=(None, None, 0))(t, x, data)
+        # A data point whose density underflowed has weight 0 and may have a 0/0 field.
+        v = jnp.where((w > 0).reshape(w.shape + (1,) * x.ndim), v, jnp.zeros_like(v))
         return jnp.tensordot(w, v, axes=1).astype(x.dtype)
 
 
