@@ -84,6 +84,19 @@ from ._distributed import (
     shard_batch as shard_batch,
     sharded_batch_fn as sharded_batch_fn,
     state_sharding as state_sharding,
+# isort: split
+# --- issue 6: non-Gaussian paths (PFGM, isotropic CDF paths), continuity check ---
+from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
+from ._empirical import (
+    EmpiricalField as EmpiricalField,
+    empirical_field as empirical_field,
+    empirical_field_loss as empirical_field_loss,
+)
+from ._paths import (
+    CDFReport as CDFReport,
+    IsotropicPath as IsotropicPath,
+    PoissonPath as PoissonPath,
+    check_cdf as check_cdf,
 )
 
 __version__ = "0.1.0"

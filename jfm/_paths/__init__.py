@@ -1,5 +1,11 @@
 from .affine import AffinePath as AffinePath
 from .base import AbstractPath as AbstractPath
+from .isotropic import (
+    CDFReport as CDFReport,
+    IsotropicPath as IsotropicPath,
+    check_cdf as check_cdf,
+)
+from .poisson import PoissonPath as PoissonPath
 from .schedule import (
     VE as VE,
     VP as VP,

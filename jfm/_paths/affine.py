@@ -1,5 +1,6 @@
 """The affine Gaussian path ``x_t = alpha(t) x1 + sigma(t) x0`` and its parametrizations."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -14,6 +15,7 @@ from .._misc import (
     is_concrete,
 )
 from .base import AbstractPath
+from .radial import check_event_shape, prior_shape
 from .schedule import AbstractSchedule, check_schedule
 
 
@@ -31,39 +33,47 @@ def _check_pair(x0, x1, a="x0", b="x1"):
 class AffinePath(AbstractPath):
     r"""The affine Gaussian probability path.
 
-    .. math::
-        x_t = \alpha_t x_1 + \sigma_t x_0, \qquad x_0 \sim N(0, I),\; x_1 \sim p_{data},
+        .. math::
+            x_t = \alpha_t x_1 + \sigma_t x_0, \qquad x_0 \sim N(0, I),\; x_1 \sim p_{data},
 
-    so ``p_t(x | x1) = N(alpha_t x1, sigma_t^2 I)``. Four parametrizations of what a model
-    predicts are supported, and converted into each other given ``(t, x_t)``:
+        so ``p_t(x | x1) = N(alpha_t x1, sigma_t^2 I)``. Four parametrizations of what a model
+        predicts are supported, and converted into each other given ``(t, x_t)``:
 
-    - ``"velocity"``: ``u = alpha'_t x1 + sigma'_t x0`` (the flow-matching target);
-    - ``"x1"``: the data (a.k.a. denoiser, ``x_0``-prediction in DDPM time);
-    - ``"x0"``: the noise (a.k.a. ``eps``-prediction);
-    - ``"score"``: ``grad_x log p_t(x | x1) = -x0 / sigma_t``.
+        - ``"velocity"``: ``u = alpha'_t x1 + sigma'_t x0`` (the flow-matching target);
+        - ``"x1"``: the data (a.k.a. denoiser, ``x_0``-prediction in DDPM time);
+        - ``"x0"``: the noise (a.k.a. ``eps``-prediction);
+        - ``"score"``: ``grad_x log p_t(x | x1) = -x0 / sigma_t``.
 
-    The marginal versions (conditional expectations given ``x_t``) obey the same linear
-    relations, so ``convert`` applies to model outputs too.
+        The marginal versions (conditional expectations given ``x_t``) obey the same linear
+        relations, so ``convert`` applies to model outputs too.
 
-    Checklist: per example (event-shaped ``x``), scalar ``t`` in ``[0, 1]``; ``t = 0`` noise,
-    ``t = 1`` data. The source is ``N(0, prior_std^2 I)`` (``prior_std = 1`` except
-    for :class:`jfm.VE`, where it is ``sigma_max``).
+        Checklist: per example (event-shaped ``x``), scalar ``t`` in ``[0, 1]``; ``t = 0`` noise,
+        ``t = 1`` data. The source is ``N(0, prior_std^2 I)`` (``prior_std = 1`` except
+        for :class:`jfm.VE`, where it is ``sigma_max``).
 
-    Args:
-        schedule: an :class:`jfm.AbstractSchedule`, e.g. ``jfm.CondOT()``. Validated on a
-            grid of times when its parameters are concrete.
+        The interface shared with :class:`jfm.PoissonPath` and :class:`jfm.IsotropicPath`
+        (used by :func:`jfm.check_continuity` and :func:`jfm.empirical_field`):
+        ``sample_conditional(t, x1, key=)``, ``conditional_velocity(t, x, x1)``,
+        ``conditional_log_density(t, x, x1)``, ``sample_prior(n, key=)``, ``prior_log_prob``.
 
-    Examples:
-        >>> import jax.numpy as jnp, jfm
-        >>> path = jfm.AffinePath(jfm.CondOT())
-        >>> x0, x1 = jnp.zeros(2), jnp.ones(2)
-        >>> path.sample(0.25, x0, x1)
-        Array([0.25, 0.25], dtype=float32)
-        >>> path.target(0.25, x0, x1, kind="velocity")
-        Array([1., 1.], dtype=float32)
+        Args:
+            schedule: an :class:`jfm.AbstractSchedule`, e.g. ``jfm.CondOT()``. Validated on a
+                grid of times when its parameters are concrete.
+            event_shape: optional event shape, used by ``sample_prior(n, key=)``.
+
+        Examples:
+            >>> import equinox as eqx
+    import jax.numpy as jnp, jfm
+            >>> path = jfm.AffinePath(jfm.CondOT())
+            >>> x0, x1 = jnp.zeros(2), jnp.ones(2)
+            >>> path.sample(0.25, x0, x1)
+            Array([0.25, 0.25], dtype=float32)
+            >>> path.target(0.25, x0, x1, kind="velocity")
+            Array([1., 1.], dtype=float32)
     """
 
     schedule: AbstractSchedule
+    event_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if not isinstance(self.schedule, AbstractSchedule):
@@ -72,6 +82,7 @@ class AffinePath(AbstractPath):
             )
         if is_concrete(self.schedule):
             check_schedule(self.schedule)
+        check_event_shape(self.event_shape)
 
     # -- coefficients -------------------------------------------------------------------
 
@@ -228,6 +239,86 @@ class AffinePath(AbstractPath):
         std = jnp.asarray(self.prior_std, x.dtype)
         d = x.size
         return -0.5 * jnp.sum((x / std) ** 2) - d * (jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi))
+
+    # -- the interface shared with the non-Gaussian paths ---------------------------------
+
+    def sample_conditional(
+        self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
+    ) -> Float[Array, "*dims"]:
+        """One draw ``x_t = alpha(t) x1 + sigma(t) eps``, ``eps ~ N(0, I)``, of ``p_t(. | x1)``.
+
+        Args:
+            t: scalar time in ``[0, 1]``; x1: ``(*dims,)`` data point.
+            key: PRNG key (keyword-only, required).
+
+        Returns:
+            ``(*dims,)`` in ``x1``'s dtype.
+        """
+        check_key(key)
+        x1 = check_array(x1, "x1")
+        return self.sample(t, jr.normal(key, x1.shape, x1.dtype), x1)
+
+    def conditional_velocity(
+        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+    ) -> Float[Array, "*dims"]:
+        """The conditional field ``alpha' x1 + sigma' (x - alpha x1) / sigma`` at ``(t, x)``.
+
+        Equal to ``target(t, x0, x1)`` at ``x = sample(t, x0, x1)``; singular where
+        ``sigma = 0`` (``t = 1``).
+
+        Args:
+            t: scalar time in ``[0, 1)``; x: ``(*dims,)``; x1: ``(*dims,)`` data point.
+
+        Returns:
+            ``(*dims,)`` in ``x``'s dtype.
+        """
+        x, x1 = _check_pair(x, x1, "x", "x1")
+        t = check_scalar_time(t).astype(x.dtype)
+        sch = self.schedule
+        a, s = sch.alpha(t), sch.sigma(t)
+        out = sch.d_alpha(t) * x1 + sch.d_sigma(t) * (x - a * x1) / s
+        return out.astype(x.dtype)
+
+    def conditional_log_density(
+        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+    ) -> Float[Array, ""]:
+        """``log N(x; alpha(t) x1, sigma(t)^2 I)`` (all axes are event axes).
+
+        Args:
+            t: scalar time in ``[0, 1)``; x: ``(*dims,)``; x1: ``(*dims,)`` data point.
+
+        Returns:
+            A scalar in ``x``'s dtype.
+        """
+        x, x1 = _check_pair(x, x1, "x", "x1")
+        t = check_scalar_time(t).astype(x.dtype)
+        a, s = self.schedule.alpha(t), self.schedule.sigma(t)
+        z = (x - a * x1) / s
+        return (-0.5 * jnp.sum(z * z) - x.size * (jnp.log(s) + 0.5 * jnp.log(2 * jnp.pi))).astype(
+            x.dtype
+        )
+
+    def sample_prior(
+        self,
+        n: int,
+        *,
+        key: PRNGKeyArray,
+        event_shape: tuple[int, ...] | None = None,
+        dtype=None,
+    ) -> Float[Array, "..."]:
+        """``n`` draws from the source ``N(0, prior_std^2 I)``: ``prior_sample((n, *event))``.
+
+        Args:
+            n: number of samples; key: PRNG key (keyword-only, required).
+            event_shape: the event shape; defaults to the path's ``event_shape``.
+            dtype: floating dtype (default: JAX's default float).
+
+        Returns:
+            ``(n, *event)``.
+        """
+        return self.prior_sample(
+            prior_shape(self.event_shape, n, event_shape), key=key, dtype=dtype
+        )
 
 
 __all__ = ["AffinePath"]

@@ -1,0 +1,237 @@
+r"""Paths that are isotropic around the data point: ``x_t = x1 + R_t u``.
+
+The conditional law of ``x_t`` given ``x1`` depends only on the radius
+``r = ||x_t - x1||``; the direction ``u`` is uniform on the unit sphere and the radius
+``R_t`` has a law that shrinks to ``0`` at the data end (``t = 1`` in jfm time). The
+conditional flow moves every point radially, ``dx/dt = c_t(r) (x - x1)``, with the
+factor ``c_t(r) = (dr/dt) / r`` fixed by mass conservation. :class:`jfm.PoissonPath` and
+:class:`jfm.IsotropicPath` are the two final subclasses.
+"""
+
+import abc
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._custom_types import RealScalarLike
+from .._misc import check_array, check_key, check_scalar_time
+from .base import AbstractPath
+
+
+def log_sphere_area(d: int) -> float:
+    """``log |S^{d-1}| = log(2 pi^{d/2} / Gamma(d/2))``, the area of the unit sphere in R^d."""
+    return math.log(2.0) + 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d)
+
+
+def uniform_direction(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
+    """A direction uniform on the unit sphere of ``R^{prod(shape)}``, reshaped to ``shape``."""
+    g = jr.normal(key, shape, dtype)
+    return g / jnp.sqrt(jnp.sum(g * g))
+
+
+def safe_norm(v: Array) -> Array:
+    """``||v||`` over all axes, with a zero (not NaN) gradient at ``v = 0``."""
+    sq = jnp.sum(v * v)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, jnp.ones_like(sq))), jnp.zeros_like(sq))
+
+
+def check_event_shape(event_shape):
+    if event_shape is None:
+        return None
+    if not isinstance(event_shape, (tuple, list)) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in event_shape
+    ):
+        raise TypeError(
+            f"`event_shape` must be None or a tuple of positive ints, e.g. (2,); got "
+            f"{event_shape!r}."
+        )
+    return tuple(event_shape)
+
+
+def prior_shape(event_shape, n, override) -> tuple[int, ...]:
+    """``(n, *event)`` for ``sample_prior``, from the argument or the path's attribute."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"`n` must be a positive int (the number of samples); got {n!r}.")
+    event = check_event_shape(override) if override is not None else event_shape
+    if event is None:
+        raise ValueError(
+            "`event_shape` is unknown: pass sample_prior(n, key=..., event_shape=(2,)) or "
+            "build the path with event_shape=(2,)."
+        )
+    return (n, *event)
+
+
+def split_prior_shape(event_shape, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Split ``shape = (*batch, *event)`` for ``prior_sample``.
+
+    The trailing ``len(event_shape)`` axes are the event when the path knows its event
+    shape; otherwise ``shape[0]`` is the one batch axis and the rest is the event.
+    """
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) for n in shape):
+        raise TypeError(f"`shape` must be a tuple of ints; got {shape!r}.")
+    shape = tuple(shape)
+    if event_shape is not None:
+        k = len(event_shape)
+        if shape[len(shape) - k :] != tuple(event_shape):
+            raise ValueError(f"`shape`={shape} must end with the path's event_shape={event_shape}.")
+        return shape[: len(shape) - k], shape[len(shape) - k :]
+    if len(shape) < 2:
+        raise ValueError(
+            f"`shape` must be (batch, *event) with at least 2 axes when the path has no "
+            f"event_shape; got {shape}. Build the path with event_shape=... for other layouts."
+        )
+    return shape[:1], shape[1:]
+
+
+class AbstractRadialPath(AbstractPath):
+    r"""A path ``p_t(x | x1)`` that is a function of ``r = ||x - x1||`` only.
+
+    Subclasses define the density as a function of the radius, the radial velocity factor
+    and a radius sampler; this class derives the common interface shared with
+    :class:`jfm.AffinePath`:
+
+    - ``sample_conditional(t, x1, key=)``: ``x1 + R_t u``, ``u`` uniform on the sphere;
+    - ``conditional_velocity(t, x, x1) = c_t(r) (x - x1)``;
+    - ``conditional_log_density(t, x, x1)``;
+    - the prior is the conditional law at ``t = 0`` centred at the origin
+      (``sample_prior``, ``prior_sample``, ``prior_log_prob``): an approximation of the
+      true ``t = 0`` marginal (data convolved with the kernel) that is good when the
+      prior's scale is large compared with the data's spread.
+
+    Per example (``x`` of event shape, all axes count: ``d = x.size``); scalar ``t``.
+    """
+
+    @abc.abstractmethod
+    def _log_density_at_radius(self, t: Array, r: Array, d: int) -> Array:
+        """``log p_t(x | x1)`` for ``||x - x1|| = r`` in ``R^d`` (density per volume)."""
+
+    @abc.abstractmethod
+    def _velocity_factor(self, t: Array, r: Array, d: int) -> Array:
+        """``c_t(r)`` with ``dx/dt = c_t(r) (x - x1)`` along the conditional flow."""
+
+    @abc.abstractmethod
+    def _sample_radius(self, t: Array, key: PRNGKeyArray, d: int, dtype) -> Array:
+        """One draw of the radius ``R_t`` (scalar of ``dtype``)."""
+
+    @property
+    @abc.abstractmethod
+    def _event_shape(self) -> tuple[int, ...] | None:
+        """The event shape the path was built with (``None`` when unknown)."""
+
+    # -- shared interface ----------------------------------------------------------------
+
+    def _pair(self, t, x, x1, a="x", b="x1"):
+        x = check_array(x, a)
+        x1 = check_array(x1, b)
+        if x.shape != x1.shape:
+            raise ValueError(
+                f"`{a}` and `{b}` must have equal shapes; got {a}.shape={x.shape}, "
+                f"{b}.shape={x1.shape}. Path maths is per example: batch with jax.vmap."
+            )
+        return check_scalar_time(t).astype(x.dtype), x, x1.astype(x.dtype)
+
+    def conditional_log_density(
+        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+    ) -> Float[Array, ""]:
+        """``log p_t(x | x1)`` (normalized, per volume of ``R^d``, ``d = x.size``).
+
+        Args:
+            t: scalar jfm time in ``[0, 1)``; x: ``(*dims,)`` point; x1: ``(*dims,)`` data.
+
+        Returns:
+            A scalar in ``x``'s dtype.
+        """
+        t, x, x1 = self._pair(t, x, x1)
+        return self._log_density_at_radius(t, safe_norm(x - x1), x.size).astype(x.dtype)
+
+    def conditional_velocity(
+        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+    ) -> Float[Array, "*dims"]:
+        """The conditional field ``dx/dt = c_t(||x - x1||) (x - x1)`` in jfm time.
+
+        Args:
+            t: scalar jfm time in ``[0, 1)`` (the field is singular at the data end
+                ``t = 1``); x: ``(*dims,)``; x1: ``(*dims,)`` data point.
+
+        Returns:
+            ``(*dims,)`` in ``x``'s dtype.
+        """
+        t, x, x1 = self._pair(t, x, x1)
+        diff = x - x1
+        return (self._velocity_factor(t, safe_norm(diff), x.size) * diff).astype(x.dtype)
+
+    def sample_conditional(
+        self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
+    ) -> Float[Array, "*dims"]:
+        """One draw ``x_t = x1 + R_t u`` from ``p_t(. | x1)``.
+
+        Args:
+            t: scalar jfm time in ``[0, 1]``; x1: ``(*dims,)`` data point.
+            key: PRNG key (keyword-only, required); split into radius and direction keys.
+
+        Returns:
+            ``(*dims,)`` in ``x1``'s dtype.
+        """
+        check_key(key)
+        x1 = check_array(x1, "x1")
+        t = check_scalar_time(t).astype(x1.dtype)
+        key_r, key_u = jr.split(key)
+        radius = self._sample_radius(t, key_r, x1.size, x1.dtype)
+        return (x1 + radius * uniform_direction(key_u, x1.shape, x1.dtype)).astype(x1.dtype)
+
+    def sample_prior(
+        self,
+        n: int,
+        *,
+        key: PRNGKeyArray,
+        event_shape: tuple[int, ...] | None = None,
+        dtype=None,
+    ) -> Float[Array, "..."]:
+        """``n`` draws from the prior (the conditional law at ``t = 0`` around the origin).
+
+        Args:
+            n: number of samples.
+            key: PRNG key (keyword-only, required).
+            event_shape: the event shape; defaults to the path's ``event_shape``.
+            dtype: floating dtype (default: JAX's default float).
+
+        Returns:
+            ``(n, *event)``.
+        """
+        check_key(key)
+        shape = prior_shape(self._event_shape, n, event_shape)
+        return self._prior_draws(shape[:1], shape[1:], key, dtype)
+
+    def prior_sample(
+        self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None
+    ) -> Float[Array, "..."]:
+        """Draw prior samples of ``shape = (*batch, *event)`` (see ``sample_prior``).
+
+        Without an ``event_shape`` on the path, ``shape[0]`` is the batch axis.
+        """
+        check_key(key)
+        batch, event = split_prior_shape(self._event_shape, shape)
+        return self._prior_draws(batch, event, key, dtype)
+
+    def _prior_draws(self, batch, event, key, dtype):
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
+        count = math.prod(batch)
+        keys = jr.split(key, count)
+        origin = jnp.zeros(event, dtype)
+        t0 = jnp.zeros((), dtype)
+        draws = jax.vmap(lambda k: self.sample_conditional(t0, origin, key=k))(keys)
+        return draws.reshape(*batch, *event)
+
+    def prior_log_prob(self, x: Float[Array, "*dims"]) -> Float[Array, ""]:
+        """``log p_0(x | 0)``, the prior's log-density at ONE example ``x``."""
+        x = check_array(x, "x")
+        return self.conditional_log_density(jnp.zeros((), x.dtype), x, jnp.zeros_like(x))
+
+
+__all__ = ["AbstractRadialPath"]
