@@ -49,4 +49,8 @@ from ._train import (
 )
 from .metrics import energy_distance as energy_distance
 
+# --- issue 8: solver-accuracy harness ---
+# isort: split
+from . import bench as bench
+
 __version__ = "0.1.0"
