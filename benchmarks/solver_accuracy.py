@@ -262,6 +262,7 @@ def build_problems(args, key):
                 name=f"GMM K={args.components} D={d} {pname}",
             )
             problems.append((prob, ("gmm", gmm, pname, path)))
+            print(f"reference of {prob.name}: {prob.reference.method}", flush=True)
         if args.gaussian:
             g = make_gmm(jr.fold_in(kd, 3), d, 1)
             path = make_path(args.gaussian_path)
@@ -301,6 +302,7 @@ def main(argv=None):
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--quick", action="store_true", help="2-D, condot+vp, fewer settings")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--tag", default="", help="suffix of the output files, e.g. _2d")
     args = p.parse_args(argv)
     cli = sys.argv[1:] if argv is None else list(argv)
     if args.quick:
@@ -404,7 +406,7 @@ def main(argv=None):
         fig.savefig(os.path.join(args.out, f"solver_accuracy_{slug(prob.name)}.png"), dpi=80)
         plt.close(fig)
 
-    jfm.bench.write_csv(records, os.path.join(args.out, "solver_accuracy.csv"))
+    jfm.bench.write_csv(records, os.path.join(args.out, f"solver_accuracy{args.tag}.csv"))
     orders = jfm.bench.convergence_orders(records, max_points=args.fit_points)
     order_tab = {}
     for prob_name, lib, solver, order, used in orders:
@@ -520,7 +522,7 @@ def main(argv=None):
         jfm.bench.records_to_markdown(records),
         "",
     ]
-    out = os.path.join(args.out, "solver_accuracy.md")
+    out = os.path.join(args.out, f"solver_accuracy{args.tag}.md")
     with open(out, "w") as fh:
         fh.write("\n".join(text))
     print(f"wrote {out}")

@@ -73,7 +73,7 @@ class RK4(dfx.AbstractERK):
         >>> sol = jfm.sample_ode(lambda t, x, a: -x, jnp.ones((1, 1)),
         ...                      solver=jfm.bench.RK4(), steps=10)
         >>> round(float(sol.x1[0, 0]), 6), int(sol.nfe)
-        (0.367880, 40)
+        (0.36788, 40)
     """
 
     tableau: ClassVar[dfx.ButcherTableau] = _rk4_tableau
