@@ -98,5 +98,8 @@ from ._paths import (
     PoissonPath as PoissonPath,
     check_cdf as check_cdf,
 )
+# --- issue 8: solver-accuracy harness ---
+# isort: split
+from . import bench as bench
 
 __version__ = "0.1.0"
