@@ -1,5 +1,6 @@
 from .affine import AffinePath as AffinePath
 from .base import AbstractPath as AbstractPath
+from .diffusion import DiffusionSDE as DiffusionSDE
 from .isotropic import (
     CDFReport as CDFReport,
     IsotropicPath as IsotropicPath,
@@ -15,7 +16,6 @@ from .schedule import (
     CustomSchedule as CustomSchedule,
     Polynomial as Polynomial,
 )
-from .diffusion import DiffusionSDE as DiffusionSDE
 
 # isort: split
 # --- issue 5: Schrodinger-bridge path ---
