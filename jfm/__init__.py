@@ -52,6 +52,7 @@ from .metrics import energy_distance as energy_distance
 # --- issue 3: likelihood remnants (reverse-mode Hutchinson name) ---
 # isort: split
 from ._divergence import divergence_hutchinson_vjp as divergence_hutchinson_vjp
+
 # --- issue 4: stochastic sampling, diffusion SDEs, score matching, Langevin ---
 # isort: split
 from ._loss import dsm_loss as dsm_loss, eps_loss as eps_loss, x1_loss as x1_loss
@@ -63,6 +64,7 @@ from ._sde import (
     sample_sde as sample_sde,
     score_from_velocity as score_from_velocity,
 )
+
 # isort: split
 # --- issue 5: couplings, Schrodinger bridge, classifier-free guidance ---
 from ._couplings import (
@@ -73,6 +75,7 @@ from ._couplings import (
 )
 from ._guidance import classifier_free_guidance as classifier_free_guidance
 from ._paths import SchrodingerBridgePath as SchrodingerBridgePath
+
 # --- issue 7: multi-device training ---
 # isort: split
 from ._distributed import (
@@ -84,6 +87,8 @@ from ._distributed import (
     shard_batch as shard_batch,
     sharded_batch_fn as sharded_batch_fn,
     state_sharding as state_sharding,
+)
+
 # isort: split
 # --- issue 6: non-Gaussian paths (PFGM, isotropic CDF paths), continuity check ---
 from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
@@ -98,6 +103,7 @@ from ._paths import (
     PoissonPath as PoissonPath,
     check_cdf as check_cdf,
 )
+
 # --- issue 8: solver-accuracy harness ---
 # isort: split
 from . import bench as bench
