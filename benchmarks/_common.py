@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts (not part of the library)."""
 
+import os
 import platform
 import timeit
 
@@ -12,8 +13,10 @@ def header() -> str:
     import optax
 
     dev = jax.devices()[0]
+    flags = os.environ.get("XLA_FLAGS", "").strip()
     return (
-        f"device: {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s); "
+        (f"XLA_FLAGS='{flags}'; " if flags else "")
+        + f"device: {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s); "
         f"python {platform.python_version()}, jax {jax.__version__}, diffrax "
         f"{diffrax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
     )

@@ -16,7 +16,7 @@ same hyperparameters. Workloads (issue 8):
 jfm trains the way users drive it: ``jax.jit(jfm.make_train_step(...),
 donate_argnums=0)`` called once per step from Python (``jfm.fit`` does the same); for W5
 also ``lax.scan`` over that same pure step, ``--scan`` steps per call. flow_matching
-trains the way its examples do: eager torch, ``AffinePath(CondOTScheduler())`` for
+trains the way its examples do: eager torch, ``AffineProbPath(CondOTScheduler())`` for
 x_t and the target, ``torch.optim``. Sampling: ``jfm.sample_ode`` (one joint solve) vs
 ``ODESolver.sample`` (torchdiffeq, joint). All figures are medians over alternated
 repeats in one process; ratios are jfm speed / anchor speed (> 1: jfm faster). FLOP
@@ -28,10 +28,20 @@ Usage (full sizes are the defaults; every size is a flag):
       [--w2-n 10000] [--w3-n 2000] [--train-steps 10] [--fit-steps 300]
 """
 
-import argparse
-import functools
 import os
 import sys
+
+# --single-thread: one thread for XLA and for torch (set before jax is imported). On a
+# shared, oversubscribed machine this avoids threads of one process waiting on each other
+# (torch's OpenMP barriers suffer most); both libraries get the same.
+if "--single-thread" in sys.argv and "intra_op" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+
+import argparse
+import functools
 
 import diffrax as dfx
 import jax
@@ -58,7 +68,7 @@ from _common import (  # noqa: E402
     train_jfm_mlp,
     write_csv,
 )
-from likelihood import likelihood_rows  # noqa: E402
+from likelihood import likelihood_rows, write_results  # noqa: E402
 
 EMB = 64
 BIG = dict(hidden=512, depth=4, activation="silu")
@@ -79,7 +89,7 @@ def row(workload, unit, jfm_v, anchor_v, higher_is_better, **extra):
 
 def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling):
     import torch
-    from flow_matching.path import AffinePath
+    from flow_matching.path import AffineProbPath
     from flow_matching.path.scheduler import CondOTScheduler
 
     lr, wd = 1e-3, 0.01
@@ -87,7 +97,7 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
     net = torch_mlp(params, cfg["activation"], time_embed_dim=EMB)
     check_same_field(apply, params, net)
     x1 = jfm.data.moons(batch, key=jr.fold_in(key, 7), dtype=jnp.float32)
-    x1_t = torch.from_numpy(np.asarray(x1))
+    x1_t = torch.from_numpy(np.array(x1))
 
     # jfm
     opt = optax.adam(lr) if opt_name == "adam" else optax.adamw(lr, weight_decay=wd)
@@ -120,7 +130,7 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
         sbox["state"] = jax.block_until_ready(s)
 
     # flow_matching / torch
-    fm_path = AffinePath(scheduler=CondOTScheduler())
+    fm_path = AffineProbPath(scheduler=CondOTScheduler())
     topt = (
         torch.optim.Adam(net.parameters(), lr=lr)
         if opt_name == "adam"
@@ -156,37 +166,37 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
         "torch": steps / np.median(times["torch"]),
     }
     flops = train_flops(batch, widths(cfg)) / 1e9
-    rows = [
-        row(
-            f"{label} train step (B={batch}, {cfg['depth']}x{cfg['hidden']} "
-            f"{cfg['activation']}, {opt_name}), jit per step",
+
+    def train_row(what, r, notes):
+        return row(
+            what,
             "steps/s",
-            rate["jfm"],
+            r,
             rate["torch"],
             True,
-            jfm_gflops=flops * rate["jfm"],
+            jfm_gflops=flops * r,
             anchor_gflops=flops * rate["torch"],
             ceiling_gflops=ceiling,
             jfm_nfe="",
             anchor_nfe="",
-            notes=f"compile {c_j:.2f}s / torch warm-up {c_t:.2f}s",
+            notes=notes,
+        )
+
+    name = f"{label} train step (B={batch}, {cfg['depth']}x{cfg['hidden']} {cfg['activation']}"
+    rows = [
+        train_row(
+            f"{name}, {opt_name}), jit per step",
+            rate["jfm"],
+            f"compile {c_j:.2f}s / torch warm-up {c_t:.2f}s",
         )
     ]
     if scan > 1:
         rate["scan"] = n_scan / np.median(times["jfm_scan"])
         rows.append(
-            row(
-                f"{label} train step, jfm lax.scan of {scan} steps per call",
-                "steps/s",
+            train_row(
+                f"{name}, {opt_name}), jfm lax.scan of {scan} steps per call",
                 rate["scan"],
-                rate["torch"],
-                True,
-                jfm_gflops=flops * rate["scan"],
-                anchor_gflops=flops * rate["torch"],
-                ceiling_gflops=ceiling,
-                jfm_nfe="",
-                anchor_nfe="",
-                notes=f"compile {c_s:.2f}s",
+                f"compile {c_s:.2f}s",
             )
         )
     for r in rows:
@@ -203,7 +213,7 @@ def sample_rows(apply, params, net, cfg, *, n, methods, repeat, key, label, ceil
 
     field = jfm.field_from_model(apply, params)
     x0 = jr.normal(key, (n, 2), jnp.float32)
-    x0_t = torch.from_numpy(np.asarray(x0))
+    x0_t = torch.from_numpy(np.array(x0))
     velocity = CountingVelocity(net)
     solver = ODESolver(velocity_model=velocity)
     rows = []
@@ -272,7 +282,12 @@ def main():
     p.add_argument("--w5-n", type=int, default=1000)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--single-thread", action="store_true", help="1 thread for XLA and torch")
     a = p.parse_args()
+    if a.single_thread:
+        import torch
+
+        torch.set_num_threads(1)
     print(header())
     print(torch_versions())
     key = jr.key(0)
@@ -328,9 +343,16 @@ def main():
     if "W3" in a.workloads:
         c = ceiling(a.w3_n, big, False, f"W3 ({a.w3_n} x [66, 512x4, 2])")
         x = jfm.data.moons(a.w3_n, key=jr.fold_in(key, 4), dtype=jnp.float32)
-        for r in likelihood_rows(
+        lrows = likelihood_rows(
             apply, params, net, x, tol=1e-5, repeat=a.repeat, key=jr.fold_in(key, 5), ceiling=c
-        ):
+        )
+        cmd = "python benchmarks/vs_pytorch.py " + " ".join(sys.argv[1:])
+        note = (
+            f"W3 of vs_pytorch.py: MLP 4x512 SiLU after {a.fit_steps} jfm training steps on "
+            f"moons, weights copied to torch (max |v_jfm - v_torch| = {err:.1e})."
+        )
+        write_results(lrows, a.out, a.tag, cmd, a.repeat, note)
+        for r in lrows:
             rows.append(
                 row(
                     "W3 " + r["workload"],
