@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts (not part of the library)."""
 
+import os
 import platform
 import timeit
 
@@ -12,8 +13,10 @@ def header() -> str:
     import optax
 
     dev = jax.devices()[0]
+    flags = os.environ.get("XLA_FLAGS", "").strip()
     return (
-        f"device: {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s); "
+        (f"XLA_FLAGS='{flags}'; " if flags else "")
+        + f"device: {dev.platform} ({dev.device_kind}), {jax.device_count()} device(s); "
         f"python {platform.python_version()}, jax {jax.__version__}, diffrax "
         f"{diffrax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
     )
@@ -93,12 +96,12 @@ def train_flops(batch: int, widths: list[int]) -> int:
     return 3 * fwd - 2 * batch * widths[0] * widths[1]
 
 
-def gemm_ceiling(batch: int, widths: list[int], *, train: bool, repeat: int = 5):
-    """GFLOP/s that bare ``jnp.dot`` reaches on the matrix products of one forward pass
-    (``train=False``) or one training step (``train=True``: also ``dY W^T`` and
-    ``X^T dY`` per layer) of an MLP with these widths, in float32, one jitted function
-    of nothing but those products (best of ``repeat``). The ceiling for a workload that
-    is bound by these products."""
+def gemm_products(batch: int, widths: list[int], *, train: bool):
+    """``(run, flops)``: ``run()`` computes, with bare ``jnp.dot`` in one jitted function
+    (float32) and blocks, the matrix products of one forward pass (``train=False``) or
+    one training step (``train=True``: also ``dY W^T`` and ``X^T dY`` per layer) of an
+    MLP with these widths; ``flops`` is their FLOP count. Nothing but those products: the
+    ceiling for a workload bound by them. Compiled here."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -119,9 +122,15 @@ def gemm_ceiling(batch: int, widths: list[int], *, train: bool, repeat: int = 5)
 
     f = jax.jit(products)
     jax.block_until_ready(f(xs, gs, ws))
-    t = min(timeit.repeat(lambda: jax.block_until_ready(f(xs, gs, ws)), number=3, repeat=repeat))
     flops = train_flops(batch, widths) if train else mlp_flops(batch, widths)
-    return flops / (t / 3) / 1e9
+    return (lambda: jax.block_until_ready(f(xs, gs, ws))), flops
+
+
+def gemm_ceiling(batch: int, widths: list[int], *, train: bool, repeat: int = 5):
+    """GFLOP/s of :func:`gemm_products` (best of ``repeat`` calls)."""
+    run, flops = gemm_products(batch, widths, train=train)
+    t = min(timeit.repeat(run, number=1, repeat=repeat))
+    return flops / t / 1e9
 
 
 def torch_gemm_rate(batch: int, widths: list[int], *, repeat: int = 5) -> float:

@@ -17,9 +17,19 @@ faster).
 Usage: python benchmarks/likelihood.py [--n 2000] [--repeat 3] [--fit-steps 300]
 """
 
-import argparse
 import os
 import sys
+
+# --single-thread: one thread for XLA and for torch (set before jax is imported). On a
+# shared, oversubscribed machine this avoids threads of one process waiting on each other
+# (torch's OpenMP barriers suffer most); both libraries get the same.
+if "--single-thread" in sys.argv and "intra_op" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+
+import argparse
 
 import diffrax as dfx
 import jax
@@ -59,7 +69,7 @@ def likelihood_rows(apply, params, net, x, *, tol, repeat, key, ceiling=None):
     n, d = x.shape
     path = jfm.AffinePath(jfm.CondOT())
     field = jfm.field_from_model(apply, params)
-    xt = torch.from_numpy(np.asarray(x))
+    xt = torch.from_numpy(np.array(x))
     velocity = CountingVelocity(net)
     solver = ODESolver(velocity_model=velocity)
 
@@ -163,7 +173,12 @@ def main():
     p.add_argument("--tol", type=float, default=1e-5)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--single-thread", action="store_true", help="1 thread for XLA and torch")
     a = p.parse_args()
+    if a.single_thread:
+        import torch
+
+        torch.set_num_threads(1)
     print(header())
     print(torch_versions())
     key = jr.key(0)
@@ -182,6 +197,16 @@ def main():
     x = jfm.data.moons(a.n, key=jr.fold_in(key, 2), dtype=jnp.float32)
     rows = likelihood_rows(apply, params, net, x, tol=a.tol, repeat=a.repeat, key=jr.key(3))
     cmd = "python benchmarks/likelihood.py " + " ".join(sys.argv[1:])
+    note = (
+        f"MLP 4x512 SiLU after {a.fit_steps} jfm training steps on moons, weights copied to "
+        f"torch (max |v_jfm - v_torch| = {err:.1e})."
+    )
+    print(write_results(rows, a.out, a.tag, cmd, a.repeat, note))
+
+
+def write_results(rows, out, tag, cmd, repeat, note) -> str:
+    """Write ``likelihood{tag}.md`` and ``.csv`` under ``out`` (also used by
+    vs_pytorch.py for its W3 rows); returns the Markdown."""
     text = "\n".join(
         [
             "# Log-likelihood: jfm.log_prob vs flow_matching ODESolver.compute_likelihood",
@@ -190,21 +215,19 @@ def main():
             "",
             torch_versions(),
             "",
-            f"Command: `{cmd}`. Medians over {a.repeat} alternated repeats, after one "
-            "compiling (jfm) / warm-up (flow_matching) call. MLP 4x512 SiLU after "
-            f"{a.fit_steps} jfm training steps on moons, weights copied to torch (max "
-            f"|v_jfm - v_torch| = {err:.1e}). One joint solve of the batch in both. "
-            "Speed ratio > 1: jfm faster.",
+            f"Command: `{cmd}`. Medians over {repeat} alternated repeats, after one "
+            f"compiling (jfm) / warm-up (flow_matching) call. {note} One joint solve of the "
+            "batch in both. Speed ratio > 1: jfm faster.",
             "",
             *markdown(rows),
             "",
         ]
     )
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, f"likelihood{a.tag}.md"), "w") as f:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"likelihood{tag}.md"), "w") as f:
         f.write(text)
-    write_csv(os.path.join(a.out, f"likelihood{a.tag}.csv"), rows)
-    print(text)
+    write_csv(os.path.join(out, f"likelihood{tag}.csv"), rows)
+    return text
 
 
 if __name__ == "__main__":

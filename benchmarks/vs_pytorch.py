@@ -16,7 +16,7 @@ same hyperparameters. Workloads (issue 8):
 jfm trains the way users drive it: ``jax.jit(jfm.make_train_step(...),
 donate_argnums=0)`` called once per step from Python (``jfm.fit`` does the same); for W5
 also ``lax.scan`` over that same pure step, ``--scan`` steps per call. flow_matching
-trains the way its examples do: eager torch, ``AffinePath(CondOTScheduler())`` for
+trains the way its examples do: eager torch, ``AffineProbPath(CondOTScheduler())`` for
 x_t and the target, ``torch.optim``. Sampling: ``jfm.sample_ode`` (one joint solve) vs
 ``ODESolver.sample`` (torchdiffeq, joint). All figures are medians over alternated
 repeats in one process; ratios are jfm speed / anchor speed (> 1: jfm faster). FLOP
@@ -28,10 +28,20 @@ Usage (full sizes are the defaults; every size is a flag):
       [--w2-n 10000] [--w3-n 2000] [--train-steps 10] [--fit-steps 300]
 """
 
-import argparse
-import functools
 import os
 import sys
+
+# --single-thread: one thread for XLA and for torch (set before jax is imported). On a
+# shared, oversubscribed machine this avoids threads of one process waiting on each other
+# (torch's OpenMP barriers suffer most); both libraries get the same.
+if "--single-thread" in sys.argv and "intra_op" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+
+import argparse
+import functools
 
 import diffrax as dfx
 import jax
@@ -49,6 +59,7 @@ from _common import (  # noqa: E402
     check_same_field,
     first_call,
     gemm_ceiling,
+    gemm_products,
     header,
     mlp_flops,
     torch_gemm_rate,
@@ -58,7 +69,7 @@ from _common import (  # noqa: E402
     train_jfm_mlp,
     write_csv,
 )
-from likelihood import likelihood_rows  # noqa: E402
+from likelihood import likelihood_rows, write_results  # noqa: E402
 
 EMB = 64
 BIG = dict(hidden=512, depth=4, activation="silu")
@@ -77,9 +88,9 @@ def row(workload, unit, jfm_v, anchor_v, higher_is_better, **extra):
 # -- training ----------------------------------------------------------------------------
 
 
-def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling):
+def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label):
     import torch
-    from flow_matching.path import AffinePath
+    from flow_matching.path import AffineProbPath
     from flow_matching.path.scheduler import CondOTScheduler
 
     lr, wd = 1e-3, 0.01
@@ -87,7 +98,7 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
     net = torch_mlp(params, cfg["activation"], time_embed_dim=EMB)
     check_same_field(apply, params, net)
     x1 = jfm.data.moons(batch, key=jr.fold_in(key, 7), dtype=jnp.float32)
-    x1_t = torch.from_numpy(np.asarray(x1))
+    x1_t = torch.from_numpy(np.array(x1))
 
     # jfm
     opt = optax.adam(lr) if opt_name == "adam" else optax.adamw(lr, weight_decay=wd)
@@ -120,7 +131,7 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
         sbox["state"] = jax.block_until_ready(s)
 
     # flow_matching / torch
-    fm_path = AffinePath(scheduler=CondOTScheduler())
+    fm_path = AffineProbPath(scheduler=CondOTScheduler())
     topt = (
         torch.optim.Adam(net.parameters(), lr=lr)
         if opt_name == "adam"
@@ -144,7 +155,15 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
     c_j, _ = first_call(lambda: jax.block_until_ready(step(box["state"], x1, key)))
     box["state"] = jfm.init_train_state(params, opt)  # the first call donated it
     c_t, _ = first_call(torch_step)
-    fns = {"jfm": run_jfm, "torch": run_torch}
+    # The GEMM ceiling is timed in the same alternation (same machine load): bare jnp.dot
+    # on the step's products, `steps` times per round like the steps.
+    gemm, gemm_flops = gemm_products(batch, widths(cfg), train=True)
+
+    def run_gemm():
+        for _ in range(steps):
+            gemm()
+
+    fns = {"jfm": run_jfm, "torch": run_torch, "gemm": run_gemm}
     if scan > 1:
         c_s, _ = first_call(lambda: jax.block_until_ready(scanned(sbox["state"], key)))
         sbox["state"] = jfm.init_train_state(params, opt)
@@ -156,37 +175,38 @@ def train_rows(cfg, *, batch, opt_name, steps, repeat, scan, key, label, ceiling
         "torch": steps / np.median(times["torch"]),
     }
     flops = train_flops(batch, widths(cfg)) / 1e9
-    rows = [
-        row(
-            f"{label} train step (B={batch}, {cfg['depth']}x{cfg['hidden']} "
-            f"{cfg['activation']}, {opt_name}), jit per step",
+    ceiling = steps * gemm_flops / np.median(times["gemm"]) / 1e9
+
+    def train_row(what, r, notes):
+        return row(
+            what,
             "steps/s",
-            rate["jfm"],
+            r,
             rate["torch"],
             True,
-            jfm_gflops=flops * rate["jfm"],
+            jfm_gflops=flops * r,
             anchor_gflops=flops * rate["torch"],
             ceiling_gflops=ceiling,
             jfm_nfe="",
             anchor_nfe="",
-            notes=f"compile {c_j:.2f}s / torch warm-up {c_t:.2f}s",
+            notes=notes,
+        )
+
+    name = f"{label} train step (B={batch}, {cfg['depth']}x{cfg['hidden']} {cfg['activation']}"
+    rows = [
+        train_row(
+            f"{name}, {opt_name}), jit per step",
+            rate["jfm"],
+            f"compile {c_j:.2f}s / torch warm-up {c_t:.2f}s",
         )
     ]
     if scan > 1:
         rate["scan"] = n_scan / np.median(times["jfm_scan"])
         rows.append(
-            row(
-                f"{label} train step, jfm lax.scan of {scan} steps per call",
-                "steps/s",
+            train_row(
+                f"{name}, {opt_name}), jfm lax.scan of {scan} steps per call",
                 rate["scan"],
-                rate["torch"],
-                True,
-                jfm_gflops=flops * rate["scan"],
-                anchor_gflops=flops * rate["torch"],
-                ceiling_gflops=ceiling,
-                jfm_nfe="",
-                anchor_nfe="",
-                notes=f"compile {c_s:.2f}s",
+                f"compile {c_s:.2f}s",
             )
         )
     for r in rows:
@@ -203,7 +223,7 @@ def sample_rows(apply, params, net, cfg, *, n, methods, repeat, key, label, ceil
 
     field = jfm.field_from_model(apply, params)
     x0 = jr.normal(key, (n, 2), jnp.float32)
-    x0_t = torch.from_numpy(np.asarray(x0))
+    x0_t = torch.from_numpy(np.array(x0))
     velocity = CountingVelocity(net)
     solver = ODESolver(velocity_model=velocity)
     rows = []
@@ -272,7 +292,12 @@ def main():
     p.add_argument("--w5-n", type=int, default=1000)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--single-thread", action="store_true", help="1 thread for XLA and torch")
     a = p.parse_args()
+    if a.single_thread:
+        import torch
+
+        torch.set_num_threads(1)
     print(header())
     print(torch_versions())
     key = jr.key(0)
@@ -292,7 +317,6 @@ def main():
         return c
 
     if "W1" in a.workloads:
-        c = ceiling(4096, big, True, "W1 (4096 x [66, 512x4, 2])")
         rows += train_rows(
             BIG,
             batch=4096,
@@ -302,7 +326,6 @@ def main():
             scan=1,
             key=jr.fold_in(key, 1),
             label="W1",
-            ceiling=c,
         )
     if "W2" in a.workloads or "W3" in a.workloads:
         apply, params = train_jfm_mlp(
@@ -328,9 +351,16 @@ def main():
     if "W3" in a.workloads:
         c = ceiling(a.w3_n, big, False, f"W3 ({a.w3_n} x [66, 512x4, 2])")
         x = jfm.data.moons(a.w3_n, key=jr.fold_in(key, 4), dtype=jnp.float32)
-        for r in likelihood_rows(
+        lrows = likelihood_rows(
             apply, params, net, x, tol=1e-5, repeat=a.repeat, key=jr.fold_in(key, 5), ceiling=c
-        ):
+        )
+        cmd = "python benchmarks/vs_pytorch.py " + " ".join(sys.argv[1:])
+        note = (
+            f"W3 of vs_pytorch.py: MLP 4x512 SiLU after {a.fit_steps} jfm training steps on "
+            f"moons, weights copied to torch (max |v_jfm - v_torch| = {err:.1e})."
+        )
+        write_results(lrows, a.out, a.tag, cmd, a.repeat, note)
+        for r in lrows:
             rows.append(
                 row(
                     "W3 " + r["workload"],
@@ -348,7 +378,6 @@ def main():
                 )
             )
     if "W5" in a.workloads:
-        c = ceiling(256, small, True, "W5 train (256 x [66, 64x3, 2])")
         rows += train_rows(
             SMALL,
             batch=256,
@@ -358,7 +387,6 @@ def main():
             scan=a.scan,
             key=jr.fold_in(key, 6),
             label="W5",
-            ceiling=c,
         )
         sapply, sparams = train_jfm_mlp(
             **SMALL, steps=a.w5_fit_steps, batch=256, lr=1e-3, key=jr.fold_in(key, 7)
@@ -406,6 +434,12 @@ def main():
             f"{r['jfm_gflops']:.1f} / {r['anchor_gflops']:.1f} | {r['ceiling_gflops']:.0f} | "
             f"{100 * r['jfm_gflops'] / r['ceiling_gflops']:.0f}% | {r['notes']} |"
         )
+    for r in rows:
+        if "train step" in r["workload"] and "scan" not in r["workload"]:
+            ceil_lines.append(
+                f"- {r['workload'].split(' train')[0]} train products: jnp.dot "
+                f"{r['ceiling_gflops']:.0f} GFLOP/s (timed alternated with the train steps)"
+            )
     lines += ["", "GEMM ceilings measured in this run:", "", *ceil_lines, ""]
     text = "\n".join(lines)
     os.makedirs(a.out, exist_ok=True)
