@@ -711,18 +711,19 @@ def sample_pc(
 
     On the grid ``t_k = t0 + k (t1 - t0) / steps``, each step first runs
     ``corrector_steps`` Langevin steps for ``p_{t_k}`` (score ``s = score(t_k, .)``) with
-    the signal-to-noise step rule of Song et al. (per example ``b``),
+    the signal-to-noise step rule of Song et al. (``b`` runs over the batch),
 
     .. math::
-        \epsilon_b = 2 \Big(r \frac{\|z_b\|}{\|s_b\|}\Big)^2, \qquad
-        x_b \leftarrow x_b + \epsilon_b s_b + \sqrt{2 \epsilon_b}\, z_b ,
+        \epsilon = 2 \Big(r \frac{\mathrm{mean}_b \|z_b\|}{\mathrm{mean}_b \|s_b\|}\Big)^2,
+        \qquad x_b \leftarrow x_b + \epsilon\, s_b + \sqrt{2 \epsilon}\, z_b ,
 
     (``r = snr``, ``z ~ N(0, I)``), then one Euler-Maruyama step of the SDE of
     :func:`jfm.sample_sde` (drift ``u + g^2/2 s``, diffusion ``g``) to ``t_{k+1}``. The
     predictor with ``diffusion=sde.diffusion`` and ``velocity=sde.probability_flow(score)``
     is the reverse-time diffusion SDE (score-SDE's PC sampler; ``diffusion=0`` an ODE
-    predictor). Norms are per example (Song et al. average them over the batch, which
-    couples the examples); ``eps_b = 0`` where ``s_b = 0``.
+    predictor). As in Song et al. the step is shared by the batch (so an example's result
+    depends on the batch it is in; per-example norms take huge steps wherever an
+    example's score nearly vanishes, e.g. between modes); ``eps = 0`` if all ``s_b = 0``.
 
     Checklist: fixed step; stochastic; forward in time (``t0 < t1``). The predictor steps
     with :class:`diffrax.Euler` on the Brownian tree of ``key`` that
@@ -802,8 +803,10 @@ def _sample_pc(
     def correct(x, t, k):
         s = _batched(score, "score", t, x, args)
         z = jr.normal(k, x.shape, x.dtype)
-        ns = jnp.sqrt(jnp.sum(s**2, axis=axes))
-        nz = jnp.sqrt(jnp.sum(z**2, axis=axes))
+        # Song et al.'s rule: norms averaged over the batch, one step for all examples
+        # (per-example norms make huge steps where one example's score nearly vanishes).
+        ns = jnp.mean(jnp.sqrt(jnp.sum(s**2, axis=axes)))
+        nz = jnp.mean(jnp.sqrt(jnp.sum(z**2, axis=axes)))
         ok = ns > 0
         eps = jnp.where(ok, 2 * (snr * nz / jnp.where(ok, ns, 1)) ** 2, 0)
         return _langevin_update(x, s, eps, z)

@@ -185,17 +185,15 @@ def test_em_strong_order_one(getkey):
 def test_vmap_batch_and_float32(getkey):
     u, s = GMM.velocity_field(CONDOT), GMM.score_field(CONDOT)
     x0 = jr.normal(getkey(), (4, 2), jnp.float32)
-    sol = jfm.sample_sde(u, s, x0, diffusion=0.5, key=getkey(), solver=dfx.SEA(), steps=6,
-                         batch="vmap")  # fmt: skip
+    # per-example solves = joint solves of a batch of one with the example's key
+    keys = jr.split(jr.key(7), 4)
+    sol = jfm.sample_sde(u, s, x0, diffusion=0.5, key=jr.key(7), solver=dfx.Euler(),
+                         steps=6, batch="vmap")  # fmt: skip
     assert sol.x1.dtype == jnp.float32 and sol.nfe.shape == (4,)
     assert bool(jnp.all(sol.nfe == 6)) and bool(jnp.all(sol.success))
-    # per-example solve = a joint solve of a batch of one with the example's key
-    keys = jr.split(jr.key(7), 4)
-    solv = jfm.sample_sde(u, s, x0, diffusion=0.5, key=jr.key(7), solver=dfx.Euler(),
-                          steps=6, batch="vmap")  # fmt: skip
     one = jfm.sample_sde(u, s, x0[1:2], diffusion=0.5, key=keys[1], solver=dfx.Euler(),
                          steps=6)  # fmt: skip
-    np.testing.assert_allclose(solv.x1[1], one.x1[0], rtol=tol(jnp.float32, 0, 1e-5))
+    np.testing.assert_allclose(sol.x1[1], one.x1[0], rtol=tol(jnp.float32, 0, 1e-5))
 
 
 # -- reverse VP SDE, predictor-corrector, Langevin ------------------------------------------
@@ -225,11 +223,19 @@ def test_reverse_vp_sde_and_pc_reach_data(getkey):
 
 @pytest.mark.slow
 def test_langevin_stationary_is_gmm(getkey):
+    # Started at the mixture, the chain stays at the mixture (stationarity) although every
+    # point moves: T = 12 Langevin time units, ~50 relaxation times within a mode (var
+    # 0.25). (Mixing between modes 4 apart takes far longer: not tested.)
     score = GMM.score_field(CONDOT)  # at t = 1: the data score
-    start = 3.0 * jr.normal(getkey(), (N, 2))
+    start = GMM.sample(N, key=getkey())
     x = jfm.langevin(score, start, key=getkey(), step_size=0.02, steps=600)
     d, ok = close_to_gmm(x, getkey())
     assert ok, d
+    assert float(jnp.mean(jnp.linalg.norm(x - start, axis=-1))) > 0.5  # it moved
+    # the score of the mixture shifted by (1, 0) drifts away: the check can fail
+    shifted = jfm.langevin(lambda t, y, a: score(t, y - jnp.array([1.0, 0.0]), a), start,
+                           key=getkey(), step_size=0.02, steps=600)  # fmt: skip
+    assert not close_to_gmm(shifted, getkey())[1]
     # diffusion=g with dt is the same chain when g^2 dt / 2 = step_size
     key = getkey()
     a = jfm.langevin(score, start[:8], key=key, step_size=0.02, steps=5)
