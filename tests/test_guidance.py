@@ -68,7 +68,7 @@ def test_scale_zero_one_and_affine(getkey):
 
 def test_cfg_scale_one_samples_the_class(getkey):
     field = ClassConditionalGMM()
-    n = 2000
+    n = 1000
     for k in (0, 2):
         guided = jfm.classifier_free_guidance(field, 1.0, null_label=3, interval=(0.2, 0.8))
         x0 = jr.normal(getkey(), (n, 2))
@@ -85,7 +85,8 @@ def test_cfg_scale_one_samples_the_class(getkey):
         # The flow is the exact transport: each point maps to mu + STD * x0 (affine map).
         np.testing.assert_allclose(sol.x1, MEANS[k][None] + STD * x0, atol=1e-4)  # rtol 1e-6 solve
     # Scale 0 samples the mixture: about a third of the points near each mean.
-    g0 = jfm.classifier_free_guidance(field, 0.0, null_label=3)
+    # (interval (0, 1): the same field structure as above, so no recompilation)
+    g0 = jfm.classifier_free_guidance(field, 0.0, null_label=3, interval=(0.0, 1.0))
     sol = jfm.sample_ode(
         g0,
         jr.normal(getkey(), (n, 2)),
@@ -121,10 +122,10 @@ class Counting(eqx.Module):
 def test_jump_times_reach_the_controller_and_nfe_is_exact(getkey):
     field = ClassConditionalGMM()
     guided = jfm.classifier_free_guidance(field, 4.0, null_label=3, interval=(0.3, 0.6))
-    x0 = jr.normal(getkey(), (64, 2))
+    x0 = jr.normal(getkey(), (16, 2))
     runs = {}
     for name, jumps in (("with", None), ("without", jnp.zeros((0,)))):
-        for solver in (dfx.Dopri5(), dfx.Bosh3()):
+        for solver in (dfx.Dopri5(),):  # FSAL: the re-evaluations after jumps count
             _CALLS[0] = 0
             sol = jfm.sample_ode(
                 Counting(guided),
@@ -142,7 +143,7 @@ def test_jump_times_reach_the_controller_and_nfe_is_exact(getkey):
             assert int(sol.nfe) == _CALLS[0], (name, type(solver).__name__)
             runs[name, type(solver).__name__] = sol
     # Steps ending on the jumps: fewer rejected steps than stepping across them blindly.
-    for s in ("Dopri5", "Bosh3"):
+    for s in ("Dopri5",):
         assert int(runs["with", s].num_rejected_steps) < int(runs["without", s].num_rejected_steps)
         np.testing.assert_allclose(runs["with", s].x1, runs["without", s].x1, atol=1e-4)
     # Fixed steps ignore the jump times.
