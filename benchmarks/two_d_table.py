@@ -235,7 +235,7 @@ def main():
                 r, sol = evaluate(apply, state.params, x0, y_test, floors[task], w2_src_sq)
                 rows.append(r)
                 if s == 0:
-                    samples[(task, method)] = np.asarray(sol.xs[:, :300])
+                    samples[(task, method)] = np.asarray(sol.xs[:, :200])
             results[(task, method)] = rows
             print(
                 f"[{task}] {method}: W2 {fmt([r['w2'] for r in rows])}, NPE "
@@ -339,7 +339,7 @@ def write_outputs(args, results, floors, samples, total_s, quiet=False):
                 ax.scatter(xs[0, :, 0], xs[0, :, 1], s=1, c="black")
                 ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=1, c="tab:blue")
         fig.tight_layout()
-        fig.savefig(args.out + ".png", dpi=80)
+        fig.savefig(args.out + ".png", dpi=60)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ott.geometry import pointcloud
 from ott.solvers import linear
 
 from ._custom_types import RealScalarLike
-from ._misc import check_array, check_key, is_concrete
+from ._misc import check_array, check_key, check_real_scalar, is_concrete
 from ._ot import exact_assignment, sq_cost
 
 #: A coupling ``(x0[B, *event], x1[B, *event], *, key) -> (x0', x1')``.
@@ -155,11 +155,7 @@ def exact_ot_coupling(
 
 
 def _check_positive(v, name):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.ndarray, np.generic, jax.Array)):
-        raise TypeError(f"`{name}` must be a positive real scalar; got {type(v)}.")
-    v = jnp.asarray(v)
-    if v.shape != ():
-        raise ValueError(f"`{name}` must be a scalar; got shape {v.shape}.")
+    v = check_real_scalar(v, name)
     if is_concrete(v) and not float(v) > 0:
         raise ValueError(f"`{name}` must be > 0; got {name}={float(v)}.")
     return v

@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, is_concrete
+from ._misc import check_array, check_real_scalar, is_concrete
 
 
 class _GuidedField(eqx.Module):
@@ -57,19 +57,6 @@ def _check_args(args):
             f"{labels.dtype}."
         )
     return labels
-
-
-def _check_real(value, name):
-    if isinstance(value, bool) or not isinstance(
-        value, (numbers.Real, np.ndarray, np.generic, jax.Array)
-    ):
-        raise TypeError(f"`{name}` must be a real scalar; got {type(value)}.")
-    value = jnp.asarray(value)
-    if value.shape != ():
-        raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        value = value.astype(jnp.result_type(float))
-    return value
 
 
 def classifier_free_guidance(
@@ -143,7 +130,7 @@ def classifier_free_guidance(
         raise TypeError(
             f"`field` must be callable as field(t, x, args) -> dx/dt; got {type(field)}."
         )
-    scale = _check_real(scale, "scale")
+    scale = check_real_scalar(scale, "scale")
     if isinstance(null_label, bool) or not isinstance(
         null_label, (numbers.Integral, np.ndarray, np.generic, jax.Array)
     ):
@@ -157,7 +144,7 @@ def classifier_free_guidance(
     if interval is not None:
         if not isinstance(interval, (tuple, list)) or len(interval) != 2:
             raise ValueError(f"`interval` must be a pair (t_lo, t_hi) or None; got {interval!r}.")
-        lo, hi = (_check_real(v, "interval") for v in interval)
+        lo, hi = (check_real_scalar(v, "interval") for v in interval)
         if is_concrete((lo, hi)) and not (0 <= float(lo) < float(hi) <= 1):
             raise ValueError(
                 f"`interval` must satisfy 0 <= t_lo < t_hi <= 1; got ({float(lo)}, {float(hi)})."

@@ -82,3 +82,19 @@ def check_key(key, name: str = "key"):
 def event_dtype(*xs):
     """The floating dtype shared by the arrays ``xs`` (the first one's)."""
     return jnp.result_type(*xs)
+
+
+def check_real_scalar(value, name: str):
+    """Return ``value`` as a 0-d floating array after checking it is a real scalar."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(
+        value, (numbers.Real, np.ndarray, np.generic, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real scalar; got {type(value)}.")
+    value = jnp.asarray(value)
+    if value.shape != ():
+        raise ValueError(f"`{name}` must be a scalar; got shape {value.shape}.")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        value = value.astype(jnp.result_type(float))
+    return value

@@ -2,12 +2,11 @@ r"""The Brownian-bridge path of Schrodinger-bridge conditional flow matching (SB
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._couplings import sinkhorn_coupling
 from .._custom_types import RealScalarLike
-from .._misc import check_name, check_scalar_time, is_concrete
+from .._misc import check_name, check_real_scalar, check_scalar_time, is_concrete
 from .affine import _check_pair
 from .base import AbstractPath
 
@@ -18,6 +17,12 @@ def _bridge_rate(t):
     pos = s > 0
     root = jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s)))  # double where: no inf * 0
     return jnp.where(pos, (1 - 2 * t) / (2 * root), jnp.zeros_like(s))
+
+
+def _check_inputs(t, x0, x1, eps):
+    x0, x1 = _check_pair(x0, x1)
+    _, eps = _check_pair(x0, eps, "x0", "eps")
+    return check_scalar_time(t).astype(x1.dtype), x0, x1, eps
 
 
 class SchrodingerBridgePath(AbstractPath):
@@ -73,15 +78,7 @@ class SchrodingerBridgePath(AbstractPath):
     sigma: Float[Array, ""]
 
     def __init__(self, sigma: RealScalarLike):
-        if isinstance(sigma, bool) or not isinstance(
-            sigma, (int, float, np.ndarray, np.generic, jax.Array)
-        ):
-            raise TypeError(f"`sigma` must be a real scalar; got {type(sigma)}.")
-        sigma = jnp.asarray(sigma)
-        if sigma.shape != ():
-            raise ValueError(f"`sigma` must be a scalar; got shape {sigma.shape}.")
-        if not jnp.issubdtype(sigma.dtype, jnp.floating):
-            sigma = sigma.astype(jnp.result_type(float))
+        sigma = check_real_scalar(sigma, "sigma")
         if is_concrete(sigma) and not float(sigma) >= 0:
             raise ValueError(f"`sigma` must be >= 0; got sigma={float(sigma)}.")
         self.sigma = sigma
@@ -108,9 +105,7 @@ class SchrodingerBridgePath(AbstractPath):
         Returns:
             ``(*dims,)`` in ``x1``'s dtype.
         """
-        x0, x1 = _check_pair(x0, x1)
-        _, eps = _check_pair(x0, eps, "x0", "eps")
-        t = check_scalar_time(t).astype(x1.dtype)
+        t, x0, x1, eps = _check_inputs(t, x0, x1, eps)
         std = self.sigma.astype(x1.dtype) * jnp.sqrt(t * (1 - t))
         return (t * x1 + (1 - t) * x0 + std * eps).astype(x1.dtype)
 
@@ -136,9 +131,7 @@ class SchrodingerBridgePath(AbstractPath):
             ValueError: ``kind`` other than ``"velocity"``; shape mismatches.
         """
         check_name(kind, "kind", ("velocity",))
-        x0, x1 = _check_pair(x0, x1)
-        _, eps = _check_pair(x0, eps, "x0", "eps")
-        t = check_scalar_time(t).astype(x1.dtype)
+        t, x0, x1, eps = _check_inputs(t, x0, x1, eps)
         # d/dt [sigma sqrt(t (1 - t))] = sigma (1 - 2t) / (2 sqrt(t (1 - t))).
         d_std = self.sigma.astype(x1.dtype) * _bridge_rate(t)
         return (x1 - x0 + d_std * eps).astype(x1.dtype)
