@@ -303,8 +303,12 @@ def sharded_batch_fn(
     jitted = jax.jit(batch_fn, out_shardings=sharding)
     n = mesh.shape[axis]
 
+    checked = []  # shapes are checked on the first call (one abstract trace), not per step
+
     def sharded(key):
-        _check_batch_leaves(jax.eval_shape(batch_fn, key), n, "batch_fn output")
+        if not checked:
+            _check_batch_leaves(jax.eval_shape(batch_fn, key), n, "batch_fn output")
+            checked.append(True)
         return jitted(key)
 
     return sharded
