@@ -110,11 +110,14 @@ def main():
             times.append(timeit.default_timer() - t0)
         step_s = min(times) / a.steps
 
-        field = jfm.replicate(jfm.field_from_model(apply, state.ema_params), mesh)
-        x0 = jfm.shard_batch(jr.normal(jr.key(1), (a.sample_n, *shape), jnp.float32), mesh)
+        field = jfm.field_from_model(apply, state.ema_params)
+        x0 = jr.normal(jr.key(1), (a.sample_n, *shape), jnp.float32)
+        sampler = jfm.shard_over_batch(
+            lambda f, x: jfm.sample_ode(f, x, solver=dfx.Euler(), steps=a.sample_steps).x1, mesh
+        )
 
         def sample():
-            return jfm.sample_ode(field, x0, solver=dfx.Euler(), steps=a.sample_steps).x1
+            return sampler(field, x0)
 
         jax.block_until_ready(sample())
         sample_s = min(
