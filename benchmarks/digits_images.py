@@ -159,12 +159,15 @@ def main():
         sample_nfe=int(sol.nfe),
         sample_seconds=round(t_sample, 1),
         bpd_test_mean=float(bpd.mean()),
+        bpd_test_median=float(np.median(bpd)),
+        bpd_test_max=float(bpd.max()),
         bpd_test_sem=float(bpd.std(ddof=1) / math.sqrt(bpd.size)),
         bpd_n=int(bpd.size),
         bpd_divergence=a.divergence if a.divergence == "exact" else f"hutchinson x{a.probes}",
         bpd_seconds=round(t_bpd, 1),
         final_loss=hist["loss"][-1] if hist["loss"] else None,
     )
+    np.save(os.path.join(a.out, "bpd_test.npy"), bpd)
     with open(os.path.join(a.out, "result.json"), "w") as f:
         json.dump(res, f, indent=2)
     print(json.dumps(res, indent=2))

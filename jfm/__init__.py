@@ -85,6 +85,7 @@ from ._distributed import (
     make_sharded_train_step as make_sharded_train_step,
     replicate as replicate,
     shard_batch as shard_batch,
+    shard_over_batch as shard_over_batch,
     sharded_batch_fn as sharded_batch_fn,
     state_sharding as state_sharding,
 )

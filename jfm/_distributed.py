@@ -6,9 +6,9 @@ parallelism: XLA inserts the gradient all-reduce) or, with ``fsdp=True``, split 
 same axis along one dimension of each large array (XLA all-gathers them where they are
 used). :func:`make_sharded_train_step` jits :func:`jfm.make_train_step`'s step with those
 in/out shardings; :func:`sharded_batch_fn` makes every device (and every host) draw only
-its own slice of each batch, from the same key; :func:`shard_batch` and :func:`replicate`
-place inputs so that :func:`jfm.sample_ode` and :func:`jfm.log_prob` (jitted, computation
-follows data) split their work over the batch. Multi-host runs start with
+its own slice of each batch, from the same key; :func:`shard_over_batch` runs a sampler
+or likelihood (:func:`jfm.sample_ode`, :func:`jfm.log_prob`) on each device's slice of
+the batch; :func:`shard_batch` and :func:`replicate` place arrays. Multi-host runs start with
 :func:`initialize` (``jax.distributed.initialize``) before any other JAX call.
 """
 
@@ -31,6 +31,7 @@ __all__ = [
     "make_sharded_train_step",
     "replicate",
     "shard_batch",
+    "shard_over_batch",
     "sharded_batch_fn",
     "state_sharding",
 ]
@@ -221,12 +222,9 @@ def _check_batch_leaves(tree, n: int, name: str):
 def shard_batch(batch: PyTree, mesh: Mesh, *, axis: str = DATA_AXIS) -> PyTree:
     """Place a batch (a pytree of ``[B, ...]`` arrays) with its leading axis split over ``axis``.
 
-    Jitted jfm functions called on it then run sharded over the batch (computation
-    follows data): e.g. ``jfm.sample_ode(replicate(field, mesh), shard_batch(x0, mesh),
-    ...)`` and ``jfm.log_prob(...)`` with ``batch="vmap"`` compute each device's
-    examples on that device, with the same results as on one device (within float
-    round-off of the reductions; ``batch="joint"`` adaptive solves share one step size,
-    reduced over all devices).
+    Jitted functions called on it start from this layout (computation follows data),
+    but XLA may still choose to gather the batch inside a solver's loop; to be sure
+    that each device works on its own examples, use :func:`shard_over_batch`.
 
     Args:
         batch: pytree of arrays with a leading batch axis ``B`` (``B`` divisible by the
@@ -267,6 +265,56 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     )
 
 
+def shard_over_batch(
+    fn: Callable[[PyTree, PyTree], PyTree], mesh: Mesh, *, axis: str = DATA_AXIS
+) -> Callable[[PyTree, PyTree], PyTree]:
+    """Run ``fn(shared, batch)`` with each device working on its own slice of ``batch``.
+
+    ``jax.jit(jax.shard_map(fn, in_specs=(P(), P(axis)), out_specs=P(axis)))``:
+    ``shared`` (e.g. a :class:`jfm.ModelField` with its parameters) is replicated, the
+    leading axis of every ``batch`` leaf is split over the devices, ``fn`` runs on each
+    slice independently (no communication), and its outputs (each with a leading batch
+    axis) are concatenated back in order. This is how sampling and likelihoods shard::
+
+        sample = jfm.shard_over_batch(
+            lambda field, x0: jfm.sample_ode(field, x0, solver=dfx.Heun(), steps=20).x1, mesh
+        )
+        x1 = sample(field, x0)  # [B, *event], split over the devices
+
+    The result equals ``fn(shared, batch)`` on one device whenever ``fn`` treats
+    examples independently: fixed-step solves, ``batch="vmap"`` solves (own step sizes
+    per example) and ``jfm.log_prob`` (``batch="vmap"``, the default). An adaptive
+    ``batch="joint"`` solve instead chooses one step size per device slice (from that
+    slice's error norm), not one for the whole batch.
+
+    Args:
+        fn: ``fn(shared, batch) -> outputs``, a JAX function; every output leaf must
+            have the leading batch axis (drop per-solve scalars such as ``nfe``).
+        mesh: the device mesh.
+        axis: the data axis name.
+
+    Returns:
+        The jitted, batch-sharded ``fn``, called as ``fn(shared, batch)``.
+
+    Raises:
+        TypeError: ``fn`` not callable. When called: ValueError for a ``batch`` leaf
+            whose leading axis the device count does not divide.
+    """
+    if not callable(fn):
+        raise TypeError(f"`fn` must be callable fn(shared, batch); got {type(fn)}.")
+    _check_mesh(mesh, axis)
+    mapped = jax.jit(
+        jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis), check_vma=False)
+    )
+    n = mesh.shape[axis]
+
+    def sharded(shared, batch):
+        _check_batch_leaves(batch, n, "batch")
+        return mapped(shared, batch)
+
+    return sharded
+
+
 def sharded_batch_fn(
     batch_fn: Callable[[PRNGKeyArray], PyTree], mesh: Mesh, *, axis: str = DATA_AXIS
 ) -> Callable[[PRNGKeyArray], PyTree]:
@@ -303,8 +351,12 @@ def sharded_batch_fn(
     jitted = jax.jit(batch_fn, out_shardings=sharding)
     n = mesh.shape[axis]
 
+    checked = []  # shapes are checked on the first call (one abstract trace), not per step
+
     def sharded(key):
-        _check_batch_leaves(jax.eval_shape(batch_fn, key), n, "batch_fn output")
+        if not checked:
+            _check_batch_leaves(jax.eval_shape(batch_fn, key), n, "batch_fn output")
+            checked.append(True)
         return jitted(key)
 
     return sharded

@@ -77,3 +77,38 @@ def test_bad_flags():
     with pytest.raises(SystemExit) as e:
         main(["sample", "--out", "d", "--n", "5", "--save", "x.npy", "--solver", "euler"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_train_unet_on_digits_and_sample_image_grid(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--model", "unet", "--steps", "2", "--batch", "8"]
+    assert main([*argv, "--devices", "2", "--out", str(out), "--no-progress"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "unet" and cfg["unet_config"] == "tiny"
+    save = tmp_path / "s.npy"
+    argv = ["sample", "--out", str(out), "--n", "6", "--seed", "0", "--solver", "euler"]
+    assert main([*argv, "--sample-steps", "2", "--save", str(save)]) == 0
+    x = np.load(save)
+    assert x.shape == (6, 8, 8, 1) and np.all(np.isfinite(x))
+    import matplotlib.image
+
+    png = matplotlib.image.imread(save.with_suffix(".png"))
+    # 6 images in a 3x3 grid at scale 4: 2 rows of 32 + 3 padding, 3 columns of 32 + 4
+    assert png.shape[:2] == (2 * 33 + 1, 3 * 33 + 1)
+    with pytest.raises(SystemExit, match="image dataset"):
+        main(["train", "--dataset", "moons", "--model", "unet", "--out", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match="multiple of the"):
+        main(
+            [
+                "train",
+                "--dataset",
+                "moons",
+                "--batch",
+                "6",
+                "--devices",
+                "4",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
