@@ -124,8 +124,9 @@ def test_good_cdfs_pass_and_interface(getkey):
     x = path.sample_prior(6, key=getkey())
     assert x.shape == (6, 2)
     lp = jax.jit(jax.vmap(path.prior_log_prob))(x)
-    np.testing.assert_allclose(lp, jax.vmap(path.conditional_log_density, (None, 0, 0))(
-        0.0, x, jnp.zeros_like(x)))
+    np.testing.assert_allclose(
+        lp, jax.vmap(path.conditional_log_density, (None, 0, 0))(0.0, x, jnp.zeros_like(x))
+    )
     with raises_arg(ValueError, "kind"):
         path.target(0.5, x[0], x[1], kind="x0")
     with raises_arg(ValueError, "T"):

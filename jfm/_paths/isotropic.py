@@ -269,7 +269,7 @@ class IsotropicPath(AbstractRadialPath):
 
     def _velocity_factor(self, t, r, d):
         dt, dr = self._d_psi(t, r)
-        return -dt / (r * dr)
+        return -(dt / dr) / r  # this order keeps r * dr from underflowing at tiny r
 
     def _sample_radius(self, t, key, d, dtype):
         eps = jnp.finfo(dtype).eps

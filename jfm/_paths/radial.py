@@ -39,6 +39,16 @@ def safe_norm(v: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, jnp.ones_like(sq))), jnp.zeros_like(sq))
 
 
+def _radius(diff: Array) -> Array:
+    """``||x - x1||`` floored at the dtype's smallest normal number.
+
+    At ``x = x1`` exactly (which rounding produces when the sampled radius is below the
+    resolution of ``x1``) the density and field are their limits at that tiny radius:
+    finite, with zero velocity, instead of ``0/0``.
+    """
+    return jnp.maximum(safe_norm(diff), jnp.finfo(diff.dtype).tiny)
+
+
 def check_event_shape(event_shape):
     if event_shape is None:
         return None
@@ -97,6 +107,8 @@ class AbstractRadialPath(AbstractPath):
     - ``sample_conditional(t, x1, key=)``: ``x1 + R_t u``, ``u`` uniform on the sphere;
     - ``conditional_velocity(t, x, x1) = c_t(r) (x - x1)``;
     - ``conditional_log_density(t, x, x1)``;
+    - ``r`` is floored at the dtype's smallest normal number (``x = x1`` exactly gives the
+      finite limits there, with zero velocity);
     - the prior is the conditional law at ``t = 0`` centred at the origin
       (``sample_prior``, ``prior_sample``, ``prior_log_prob``): an approximation of the
       true ``t = 0`` marginal (data convolved with the kernel) that is good when the
@@ -146,7 +158,7 @@ class AbstractRadialPath(AbstractPath):
             A scalar in ``x``'s dtype.
         """
         t, x, x1 = self._pair(t, x, x1)
-        return self._log_density_at_radius(t, safe_norm(x - x1), x.size).astype(x.dtype)
+        return self._log_density_at_radius(t, _radius(x - x1), x.size).astype(x.dtype)
 
     def conditional_velocity(
         self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
@@ -162,7 +174,7 @@ class AbstractRadialPath(AbstractPath):
         """
         t, x, x1 = self._pair(t, x, x1)
         diff = x - x1
-        return (self._velocity_factor(t, safe_norm(diff), x.size) * diff).astype(x.dtype)
+        return (self._velocity_factor(t, _radius(diff), x.size) * diff).astype(x.dtype)
 
     def sample_conditional(
         self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
