@@ -14,8 +14,7 @@ from .._misc import (
     check_scalar_time,
     is_concrete,
 )
-from .base import AbstractPath
-from .radial import check_event_shape, prior_shape
+from .base import AbstractPath, check_event_shape, prior_shape
 from .schedule import AbstractSchedule, check_schedule
 
 

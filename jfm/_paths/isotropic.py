@@ -12,7 +12,8 @@ from jaxtyping import Array, Float
 
 from .._custom_types import RealScalarLike
 from .._misc import check_name, is_concrete
-from .radial import AbstractRadialPath, check_event_shape, log_sphere_area, safe_norm
+from .base import check_event_shape
+from .radial import AbstractRadialPath, log_sphere_area, safe_norm
 
 _KINDS: tuple[str, ...] = ("velocity",)
 
