@@ -20,9 +20,9 @@ SHIPPED = ALL_PATHS + [
 SHIPPED_IDS = PATH_IDS + ["pfgm", "pfgm++4", "iso-tanh", "iso-tanh-plain", "iso-1-exp"]
 
 
-@pytest.mark.parametrize("d", [2, 5])
 @pytest.mark.parametrize("path", SHIPPED, ids=SHIPPED_IDS)
-def test_residual_is_roundoff(path, d, getkey):
+def test_residual_is_roundoff(path, getkey):
+    d = 3
     x1 = jr.normal(getkey(), (3, d))
     rep = jfm.check_continuity(path, x1, key=getkey(), n=24)
     assert rep.relative.shape == (24,) and rep.x.shape == (24, d)
@@ -48,9 +48,7 @@ class WrongField(eqx.Module):
         return self.density_power * self.path.conditional_log_density(t, x, x1)
 
 
-@pytest.mark.parametrize(
-    "path", [ALL_PATHS[0], SHIPPED[5], SHIPPED[-1]], ids=["condot", "pfgm", "iso-1-exp"]
-)
+@pytest.mark.parametrize("path", [SHIPPED[5], SHIPPED[-1]], ids=["pfgm", "iso-1-exp"])
 def test_wrong_field_is_caught(path, getkey):
     x1 = jr.normal(getkey(), (2, 2))
     ok = jfm.check_continuity(path, x1, key=getkey(), n=16)

@@ -38,19 +38,21 @@ def test_gaussian_special_case_is_affine_ve(getkey):
     d, sched = 3, jfm.VE(0.01, 5.0)
     affine = jfm.AffinePath(sched)
     iso = jfm.IsotropicPath(cdf=gaussian_cdf(sched, d), T=1.0)
-    for t in (0.1, 0.5, 0.9):
-        x1 = jr.normal(getkey(), (d,))
-        x = affine.sample_conditional(t, x1, key=getkey())
-        # Autodiff of the incomplete gamma vs the closed form sigma'/sigma (x - x1): the
-        # two agree to the accuracy of jax's gammainc derivatives (~1e-10 relative).
-        np.testing.assert_allclose(
-            iso.conditional_velocity(t, x, x1), affine.conditional_velocity(t, x, x1), rtol=1e-9
-        )
-        np.testing.assert_allclose(
-            iso.conditional_log_density(t, x, x1),
-            affine.conditional_log_density(t, x, x1),
-            rtol=1e-10,
-        )
+    t = jnp.array([0.1, 0.5, 0.9, 0.3])
+    x1 = jr.normal(getkey(), (4, d))
+    x = jax.vmap(lambda a, b, k: affine.sample_conditional(a, b, key=k))(
+        t, x1, jr.split(getkey(), 4)
+    )
+
+    def both(p):
+        f = jax.vmap(p.conditional_velocity)(t, x, x1)
+        return f, jax.vmap(p.conditional_log_density)(t, x, x1)
+
+    (fi, li), (fa, la) = jax.jit(both)(iso), jax.jit(both)(affine)
+    # Autodiff of the incomplete gamma vs the closed form sigma'/sigma (x - x1): the two
+    # agree to the accuracy of jax's gammainc derivatives (~1e-10 relative).
+    np.testing.assert_allclose(fi, fa, rtol=1e-9)
+    np.testing.assert_allclose(li, la, rtol=1e-10)
 
 
 @pytest.mark.parametrize("cdf", [tanh_cdf, exp_cdf], ids=["tanh", "1-exp"])
@@ -89,13 +91,13 @@ def test_quantile_map_derivative_is_the_field(dtype, getkey):
     def dsample(a, b):
         return jax.jvp(lambda s: path.sample(s, a, b), (t,), (jnp.ones_like(t),))[1]
 
-    dx = jax.vmap(dsample)(x0, x1)
-    v = jax.vmap(path.target, (None, 0, 0))(t, x0, x1)
+    dx = jax.jit(jax.vmap(dsample))(x0, x1)
+    v = jax.jit(jax.vmap(path.target, (None, 0, 0)))(t, x0, x1)
     assert v.dtype == dtype
     tol = 1e-9 if dtype == jnp.float64 else 2e-3  # bisection resolution in float32
     np.testing.assert_allclose(dx, v, rtol=tol, atol=tol)
     # At t = 0 the map is the identity around x1; at t = 1 it lands on x1.
-    x_start = jax.vmap(path.sample, (None, 0, 0))(jnp.zeros((), dtype), x0, x1)
+    x_start = jax.jit(jax.vmap(path.sample, (None, 0, 0)))(jnp.zeros((), dtype), x0, x1)
     np.testing.assert_allclose(x_start, x0 + x1, rtol=tol, atol=tol)
     np.testing.assert_array_equal(jax.vmap(path.sample, (None, 0, 0))(1.0, x0, x1), x1)
 
@@ -124,8 +126,9 @@ def test_good_cdfs_pass_and_interface(getkey):
     x = path.sample_prior(6, key=getkey())
     assert x.shape == (6, 2)
     lp = jax.jit(jax.vmap(path.prior_log_prob))(x)
-    np.testing.assert_allclose(lp, jax.vmap(path.conditional_log_density, (None, 0, 0))(
-        0.0, x, jnp.zeros_like(x)))
+    np.testing.assert_allclose(
+        lp, jax.vmap(path.conditional_log_density, (None, 0, 0))(0.0, x, jnp.zeros_like(x))
+    )
     with raises_arg(ValueError, "kind"):
         path.target(0.5, x[0], x[1], kind="x0")
     with raises_arg(ValueError, "T"):

@@ -80,9 +80,9 @@ def test_coupling_form_target_and_convert(dtype, getkey):
     xt = jax.vmap(path.sample, (None, 0, 0))(t, x0, x1)
     assert xt.dtype == dtype and x0.shape == (4, 3)
     # target = d/dt sample (jvp) = conditional velocity at x_t.
-    dx = jax.vmap(lambda a, b: jax.jvp(lambda s: path.sample(s, a, b), (t,), (jnp.ones_like(t),))[1])(
-        x0, x1
-    )
+    dx = jax.vmap(
+        lambda a, b: jax.jvp(lambda s: path.sample(s, a, b), (t,), (jnp.ones_like(t),))[1]
+    )(x0, x1)
     v = jax.vmap(path.target, (None, 0, 0))(t, x0, x1)
     u = jax.vmap(path.conditional_velocity, (None, 0, 0))(t, xt, x1)
     tol = 1e-12 if dtype == jnp.float64 else 1e-5  # round-off of (x - x1) / (1 - t)

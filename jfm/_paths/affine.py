@@ -14,8 +14,7 @@ from .._misc import (
     check_scalar_time,
     is_concrete,
 )
-from .base import AbstractPath
-from .radial import check_event_shape, prior_shape
+from .base import AbstractPath, check_event_shape, prior_shape
 from .schedule import AbstractSchedule, check_schedule
 
 
@@ -33,43 +32,42 @@ def _check_pair(x0, x1, a="x0", b="x1"):
 class AffinePath(AbstractPath):
     r"""The affine Gaussian probability path.
 
-        .. math::
-            x_t = \alpha_t x_1 + \sigma_t x_0, \qquad x_0 \sim N(0, I),\; x_1 \sim p_{data},
+    .. math::
+        x_t = \alpha_t x_1 + \sigma_t x_0, \qquad x_0 \sim N(0, I),\; x_1 \sim p_{data},
 
-        so ``p_t(x | x1) = N(alpha_t x1, sigma_t^2 I)``. Four parametrizations of what a model
-        predicts are supported, and converted into each other given ``(t, x_t)``:
+    so ``p_t(x | x1) = N(alpha_t x1, sigma_t^2 I)``. Four parametrizations of what a model
+    predicts are supported, and converted into each other given ``(t, x_t)``:
 
-        - ``"velocity"``: ``u = alpha'_t x1 + sigma'_t x0`` (the flow-matching target);
-        - ``"x1"``: the data (a.k.a. denoiser, ``x_0``-prediction in DDPM time);
-        - ``"x0"``: the noise (a.k.a. ``eps``-prediction);
-        - ``"score"``: ``grad_x log p_t(x | x1) = -x0 / sigma_t``.
+    - ``"velocity"``: ``u = alpha'_t x1 + sigma'_t x0`` (the flow-matching target);
+    - ``"x1"``: the data (a.k.a. denoiser, ``x_0``-prediction in DDPM time);
+    - ``"x0"``: the noise (a.k.a. ``eps``-prediction);
+    - ``"score"``: ``grad_x log p_t(x | x1) = -x0 / sigma_t``.
 
-        The marginal versions (conditional expectations given ``x_t``) obey the same linear
-        relations, so ``convert`` applies to model outputs too.
+    The marginal versions (conditional expectations given ``x_t``) obey the same linear
+    relations, so ``convert`` applies to model outputs too.
 
-        Checklist: per example (event-shaped ``x``), scalar ``t`` in ``[0, 1]``; ``t = 0`` noise,
-        ``t = 1`` data. The source is ``N(0, prior_std^2 I)`` (``prior_std = 1`` except
-        for :class:`jfm.VE`, where it is ``sigma_max``).
+    Checklist: per example (event-shaped ``x``), scalar ``t`` in ``[0, 1]``; ``t = 0`` noise,
+    ``t = 1`` data. The source is ``N(0, prior_std^2 I)`` (``prior_std = 1`` except
+    for :class:`jfm.VE`, where it is ``sigma_max``).
 
-        The interface shared with :class:`jfm.PoissonPath` and :class:`jfm.IsotropicPath`
-        (used by :func:`jfm.check_continuity` and :func:`jfm.empirical_field`):
-        ``sample_conditional(t, x1, key=)``, ``conditional_velocity(t, x, x1)``,
-        ``conditional_log_density(t, x, x1)``, ``sample_prior(n, key=)``, ``prior_log_prob``.
+    The interface shared with :class:`jfm.PoissonPath` and :class:`jfm.IsotropicPath`
+    (used by :func:`jfm.check_continuity` and :func:`jfm.empirical_field`):
+    ``sample_conditional(t, x1, key=)``, ``conditional_velocity(t, x, x1)``,
+    ``conditional_log_density(t, x, x1)``, ``sample_prior(n, key=)``, ``prior_log_prob``.
 
-        Args:
-            schedule: an :class:`jfm.AbstractSchedule`, e.g. ``jfm.CondOT()``. Validated on a
-                grid of times when its parameters are concrete.
-            event_shape: optional event shape, used by ``sample_prior(n, key=)``.
+    Args:
+        schedule: an :class:`jfm.AbstractSchedule`, e.g. ``jfm.CondOT()``. Validated on a
+            grid of times when its parameters are concrete.
+        event_shape: optional event shape, used by ``sample_prior(n, key=)``.
 
-        Examples:
-            >>> import equinox as eqx
-    import jax.numpy as jnp, jfm
-            >>> path = jfm.AffinePath(jfm.CondOT())
-            >>> x0, x1 = jnp.zeros(2), jnp.ones(2)
-            >>> path.sample(0.25, x0, x1)
-            Array([0.25, 0.25], dtype=float32)
-            >>> path.target(0.25, x0, x1, kind="velocity")
-            Array([1., 1.], dtype=float32)
+    Examples:
+        >>> import jax.numpy as jnp, jfm
+        >>> path = jfm.AffinePath(jfm.CondOT())
+        >>> x0, x1 = jnp.zeros(2), jnp.ones(2)
+        >>> path.sample(0.25, x0, x1)
+        Array([0.25, 0.25], dtype=float32)
+        >>> path.target(0.25, x0, x1, kind="velocity")
+        Array([1., 1.], dtype=float32)
     """
 
     schedule: AbstractSchedule

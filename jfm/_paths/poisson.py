@@ -9,7 +9,8 @@ from jaxtyping import Array, Float
 
 from .._custom_types import RealScalarLike
 from .._misc import check_name, check_scalar_time, is_concrete
-from .radial import AbstractRadialPath, check_event_shape
+from .base import check_event_shape
+from .radial import AbstractRadialPath
 
 _KINDS: tuple[str, ...] = ("velocity", "x1", "x0")
 

@@ -18,7 +18,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._custom_types import RealScalarLike
 from .._misc import check_array, check_key, check_scalar_time
-from .base import AbstractPath
+from .affine import _check_pair
+from .base import AbstractPath, prior_shape, split_prior_shape
 
 
 def log_sphere_area(d: int) -> float:
@@ -39,52 +40,14 @@ def safe_norm(v: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, jnp.ones_like(sq))), jnp.zeros_like(sq))
 
 
-def check_event_shape(event_shape):
-    if event_shape is None:
-        return None
-    if not isinstance(event_shape, (tuple, list)) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in event_shape
-    ):
-        raise TypeError(
-            f"`event_shape` must be None or a tuple of positive ints, e.g. (2,); got "
-            f"{event_shape!r}."
-        )
-    return tuple(event_shape)
+def _radius(diff: Array) -> Array:
+    """``||x - x1||`` floored at the dtype's smallest normal number.
 
-
-def prior_shape(event_shape, n, override) -> tuple[int, ...]:
-    """``(n, *event)`` for ``sample_prior``, from the argument or the path's attribute."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n` must be a positive int (the number of samples); got {n!r}.")
-    event = check_event_shape(override) if override is not None else event_shape
-    if event is None:
-        raise ValueError(
-            "`event_shape` is unknown: pass sample_prior(n, key=..., event_shape=(2,)) or "
-            "build the path with event_shape=(2,)."
-        )
-    return (n, *event)
-
-
-def split_prior_shape(event_shape, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Split ``shape = (*batch, *event)`` for ``prior_sample``.
-
-    The trailing ``len(event_shape)`` axes are the event when the path knows its event
-    shape; otherwise ``shape[0]`` is the one batch axis and the rest is the event.
+    At ``x = x1`` exactly (which rounding produces when the sampled radius is below the
+    resolution of ``x1``) the density and field are their limits at that tiny radius:
+    finite, with zero velocity, instead of ``0/0``.
     """
-    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) for n in shape):
-        raise TypeError(f"`shape` must be a tuple of ints; got {shape!r}.")
-    shape = tuple(shape)
-    if event_shape is not None:
-        k = len(event_shape)
-        if shape[len(shape) - k :] != tuple(event_shape):
-            raise ValueError(f"`shape`={shape} must end with the path's event_shape={event_shape}.")
-        return shape[: len(shape) - k], shape[len(shape) - k :]
-    if len(shape) < 2:
-        raise ValueError(
-            f"`shape` must be (batch, *event) with at least 2 axes when the path has no "
-            f"event_shape; got {shape}. Build the path with event_shape=... for other layouts."
-        )
-    return shape[:1], shape[1:]
+    return jnp.maximum(safe_norm(diff), jnp.finfo(diff.dtype).tiny)
 
 
 class AbstractRadialPath(AbstractPath):
@@ -97,6 +60,8 @@ class AbstractRadialPath(AbstractPath):
     - ``sample_conditional(t, x1, key=)``: ``x1 + R_t u``, ``u`` uniform on the sphere;
     - ``conditional_velocity(t, x, x1) = c_t(r) (x - x1)``;
     - ``conditional_log_density(t, x, x1)``;
+    - ``r`` is floored at the dtype's smallest normal number (``x = x1`` exactly gives the
+      finite limits there, with zero velocity);
     - the prior is the conditional law at ``t = 0`` centred at the origin
       (``sample_prior``, ``prior_sample``, ``prior_log_prob``): an approximation of the
       true ``t = 0`` marginal (data convolved with the kernel) that is good when the
@@ -125,13 +90,7 @@ class AbstractRadialPath(AbstractPath):
     # -- shared interface ----------------------------------------------------------------
 
     def _pair(self, t, x, x1, a="x", b="x1"):
-        x = check_array(x, a)
-        x1 = check_array(x1, b)
-        if x.shape != x1.shape:
-            raise ValueError(
-                f"`{a}` and `{b}` must have equal shapes; got {a}.shape={x.shape}, "
-                f"{b}.shape={x1.shape}. Path maths is per example: batch with jax.vmap."
-            )
+        x, x1 = _check_pair(x, x1, a, b)
         return check_scalar_time(t).astype(x.dtype), x, x1.astype(x.dtype)
 
     def conditional_log_density(
@@ -146,7 +105,7 @@ class AbstractRadialPath(AbstractPath):
             A scalar in ``x``'s dtype.
         """
         t, x, x1 = self._pair(t, x, x1)
-        return self._log_density_at_radius(t, safe_norm(x - x1), x.size).astype(x.dtype)
+        return self._log_density_at_radius(t, _radius(x - x1), x.size).astype(x.dtype)
 
     def conditional_velocity(
         self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
@@ -162,7 +121,7 @@ class AbstractRadialPath(AbstractPath):
         """
         t, x, x1 = self._pair(t, x, x1)
         diff = x - x1
-        return (self._velocity_factor(t, safe_norm(diff), x.size) * diff).astype(x.dtype)
+        return (self._velocity_factor(t, _radius(diff), x.size) * diff).astype(x.dtype)
 
     def sample_conditional(
         self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
