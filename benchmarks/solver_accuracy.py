@@ -172,7 +172,11 @@ def torchdiffeq_sweep(problem, field_t, steps, tols, repeat, fixed, adaptive):
             kw = dict(method=method)
         else:
             ts = torch.tensor([problem.t0, problem.t1], dtype=torch.float64)
-            kw = dict(method=method, rtol=tol, atol=tol, options=dict(max_num_steps=4096))
+            # step_t: end the last step exactly at t1. By default torchdiffeq steps past
+            # t1 and interpolates back, evaluating the field beyond t1, where VP's is
+            # undefined (t > 1).
+            opts = dict(max_num_steps=4096, step_t=ts[-1:])
+            kw = dict(method=method, rtol=tol, atol=tol, options=opts)
 
         def run(ts=ts, kw=kw):
             with torch.no_grad():
