@@ -172,7 +172,11 @@ def torchdiffeq_sweep(problem, field_t, steps, tols, repeat, fixed, adaptive):
             kw = dict(method=method)
         else:
             ts = torch.tensor([problem.t0, problem.t1], dtype=torch.float64)
-            kw = dict(method=method, rtol=tol, atol=tol, options=dict(max_num_steps=4096))
+            # step_t: end the last step exactly at t1. By default torchdiffeq steps past
+            # t1 and interpolates back, evaluating the field beyond t1, where VP's is
+            # undefined (t > 1).
+            opts = dict(max_num_steps=4096, step_t=ts[-1:])
+            kw = dict(method=method, rtol=tol, atol=tol, options=opts)
 
         def run(ts=ts, kw=kw):
             with torch.no_grad():
@@ -247,6 +251,21 @@ def build_problems(args, key):
         n = args.points_2d if d <= 2 else args.points_hd
         m = args.logp_points_2d if d <= 2 else args.logp_points_hd
         x0 = jr.normal(jr.fold_in(kd, 1), (n, d))
+        if args.gaussian:
+            g = make_gmm(jr.fold_in(kd, 3), d, 1)
+            path = make_path(args.gaussian_path)
+            t1 = VP_T1 if args.gaussian_path == "vp" else 1.0
+            pts = g.marginal(path, t1).sample(m, key=jr.fold_in(kd, 4)) if m > 0 else None
+            prob = jfm.bench.gaussian_problem(
+                g.means[0],
+                g.covs[0],
+                path,
+                x0,
+                t1=t1,
+                logp_points=pts,
+                name=f"Gaussian D={d} {args.gaussian_path}",
+            )
+            problems.append((prob, ("gauss", g, args.gaussian_path, path)))
         for pname in args.paths:
             path = make_path(pname)
             t1 = VP_T1 if pname == "vp" else 1.0
@@ -263,155 +282,17 @@ def build_problems(args, key):
             )
             problems.append((prob, ("gmm", gmm, pname, path)))
             print(f"reference of {prob.name}: {prob.reference.method}", flush=True)
-        if args.gaussian:
-            g = make_gmm(jr.fold_in(kd, 3), d, 1)
-            path = make_path(args.gaussian_path)
-            t1 = VP_T1 if args.gaussian_path == "vp" else 1.0
-            pts = g.marginal(path, t1).sample(m, key=jr.fold_in(kd, 4)) if m > 0 else None
-            prob = jfm.bench.gaussian_problem(
-                g.means[0],
-                g.covs[0],
-                path,
-                x0,
-                t1=t1,
-                logp_points=pts,
-                name=f"Gaussian D={d} {args.gaussian_path}",
-            )
-            problems.append((prob, ("gauss", g, args.gaussian_path, path)))
     return problems
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dims", type=int, nargs="+", default=[2, 64])
-    p.add_argument("--paths", nargs="+", default=["condot", "cosine", "vp"])
-    p.add_argument("--components", type=int, default=4, help="mixture components K")
-    p.add_argument("--points-2d", type=int, default=256, help="initial points, D = 2")
-    p.add_argument("--points-hd", type=int, default=32, help="initial points, D > 2")
-    p.add_argument("--logp-points-2d", type=int, default=32, help="likelihood points, D=2")
-    p.add_argument("--logp-points-hd", type=int, default=4, help="likelihood points, D>2")
-    p.add_argument("--no-gaussian", dest="gaussian", action="store_false")
-    p.add_argument("--gaussian-path", default="cosine", choices=["condot", "cosine", "vp"])
-    p.add_argument("--solvers", nargs="+", default=list(jfm.bench.default_solvers()))
-    p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
-    p.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-5, 1e-7, 1e-9])
-    p.add_argument("--ref-tol", type=float, default=1e-12)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--torch-repeat", type=int, default=2, help="timing repeats, torch")
-    p.add_argument("--fit-points", type=int, default=4, help="finest N used by the order fit")
-    p.add_argument("--no-torch", dest="torch", action="store_false")
-    p.add_argument("--quick", action="store_true", help="2-D, condot+vp, fewer settings")
-    p.add_argument("--out", default=RESULTS)
-    p.add_argument("--tag", default="", help="suffix of the output files, e.g. _2d")
-    args = p.parse_args(argv)
-    cli = sys.argv[1:] if argv is None else list(argv)
-    if args.quick:
-        args.dims, args.paths = [2], ["condot", "vp"]
-        args.steps, args.tols = [8, 16, 32, 64], [1e-3, 1e-5, 1e-7]
-        args.points_2d, args.logp_points_2d = 64, 8
-    all_solvers = jfm.bench.default_solvers()
-    unknown = set(args.solvers) - set(all_solvers)
-    if unknown:
-        p.error(f"unknown solvers {sorted(unknown)}; choose from {list(all_solvers)}")
-    solvers = {n: all_solvers[n] for n in args.solvers}
-    has_torch = False
-    if args.torch:
-        try:
-            import torch  # noqa: F401
-            import torchdiffeq  # noqa: F401
-
-            has_torch = True
-        except ImportError:
-            print("torchdiffeq not importable: skipping the torch runs")
-
-    env = environment()
-    print("\n".join(env), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    key = jr.key(0)
-    t_start = timeit.default_timer()
-    problems = build_problems(args, key)
-    print(f"references built in {timeit.default_timer() - t_start:.0f} s", flush=True)
-
-    records, ref_lines, port_lines, check_lines = [], [], [], []
-    for prob, (kind, mix, pname, path) in problems:
-        line = (
-            f"| {prob.name} | {prob.x0.shape[0]} | {prob.t0:g} -> {prob.t1:g} | "
-            f"{prob.reference.method} | {float(np.max(np.asarray(prob.reference.error))):.1e} |"
-        )
-        if kind == "gauss":  # how good is the solver reference (and its estimate)?
-            sref = jfm.bench.reference_solution(
-                prob.field, prob.x0, rtol=args.ref_tol, atol=args.ref_tol, t1=prob.t1
-            )
-            true_err, _ = jfm.bench.endpoint_errors(sref.x1, prob.reference.x1)
-            line += (
-                f" Dopri8 at {args.ref_tol:.0e}: true error {true_err:.1e}, own estimate "
-                f"{float(np.max(np.asarray(sref.error))):.1e} |"
-            )
-        else:
-            line += " - |"
-        ref_lines.append(line)
-        print(f"== {prob.name}: floor {prob.error_floor:.1e}", flush=True)
-        t0 = timeit.default_timer()
-        recs = jfm.bench.solver_sweep(
-            prob, solvers, steps=args.steps, tolerances=args.tols, repeat=args.repeat
-        )
-        print(f"   jfm sweep {timeit.default_timer() - t0:.0f} s", flush=True)
-        if has_torch:
-            field_t = TorchMixtureVelocity(mix, pname, path)
-            dev = check_torch_port(field_t, prob)
-            port_lines.append(f"| {prob.name} | {dev:.1e} | {'OK' if dev <= 1e-12 else 'FAIL'} |")
-            if dev > 1e-12:
-                print(f"   torch port disagrees with jfm by {dev:.1e}: skipping torch runs")
-            else:
-                t0 = timeit.default_timer()
-                recs += torchdiffeq_sweep(
-                    prob,
-                    field_t,
-                    args.steps,
-                    args.tols,
-                    args.torch_repeat,
-                    fixed=["euler", "midpoint", "rk4"],
-                    adaptive=["dopri5", "dopri8"],
-                )
-                print(f"   torchdiffeq sweep {timeit.default_timer() - t0:.0f} s", flush=True)
-        finite = [r.err_max for r in recs if np.isfinite(r.err_max)]
-        smallest = min(finite) if finite else math.nan
-        resolved = sum(r.err_max > 10 * prob.error_floor for r in recs if np.isfinite(r.err_max))
-        check_lines.append(
-            f"| {prob.name} | {prob.error_floor:.1e} | {smallest:.1e} | "
-            f"{'yes' if smallest > prob.error_floor else 'NO'} | {resolved}/{len(finite)} |"
-        )
-        records += recs
-        # plots: error vs NFE, error vs time, log-likelihood error vs NFE
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-        jfm.bench.plot_work_precision(recs, x="nfe", ax=axes[0], title=f"{prob.name}: error vs NFE")
-        jfm.bench.plot_work_precision(recs, x="time_s", ax=axes[1], title="error vs wall time")
-        jrecs = [r for r in recs if r.library == "jfm" and np.isfinite(r.logp_err_rms)]
-        if jrecs:
-            jfm.bench.plot_work_precision(
-                jrecs,
-                x="logp_nfe",
-                y="logp_err_rms",
-                ax=axes[2],
-                title="log-likelihood error (jfm)",
-            )
-        else:
-            axes[2].set_axis_off()
-        fig.tight_layout()
-        fig.savefig(os.path.join(args.out, f"solver_accuracy_{slug(prob.name)}.png"), dpi=80)
-        plt.close(fig)
-
+def write_report(args, cli, env, names, records, ref_lines, port_lines, check_lines, t_start):
+    """Write the Markdown and CSV outputs for the problems done so far."""
     jfm.bench.write_csv(records, os.path.join(args.out, f"solver_accuracy{args.tag}.csv"))
     orders = jfm.bench.convergence_orders(records, max_points=args.fit_points)
     order_tab = {}
     for prob_name, lib, solver, order, used in orders:
         order_tab.setdefault((lib, solver), {})[prob_name] = (order, used)
-    names = [pr.name for pr, _ in problems]
+    names = list(names)
     classical = {"Euler": 1, "Heun": 2, "Midpoint": 2, "Ralston": 2, "Bosh3": 3, "RK4": 4}
     classical.update({"Dopri5": 5, "Tsit5": 5, "Dopri8": 8, "euler": 1, "midpoint": 2, "rk4": 4})
     order_lines = [
@@ -526,6 +407,148 @@ def main(argv=None):
     with open(out, "w") as fh:
         fh.write("\n".join(text))
     print(f"wrote {out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 64])
+    p.add_argument("--paths", nargs="*", default=["condot", "cosine", "vp"])
+    p.add_argument("--components", type=int, default=4, help="mixture components K")
+    p.add_argument("--points-2d", type=int, default=256, help="initial points, D = 2")
+    p.add_argument("--points-hd", type=int, default=32, help="initial points, D > 2")
+    p.add_argument("--logp-points-2d", type=int, default=32, help="likelihood points, D=2")
+    p.add_argument("--logp-points-hd", type=int, default=4, help="likelihood points, D>2")
+    p.add_argument("--no-gaussian", dest="gaussian", action="store_false")
+    p.add_argument("--gaussian-path", default="cosine", choices=["condot", "cosine", "vp"])
+    p.add_argument("--solvers", nargs="+", default=list(jfm.bench.default_solvers()))
+    p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    p.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-5, 1e-7, 1e-9])
+    p.add_argument("--ref-tol", type=float, default=1e-12)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--torch-threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--torch-repeat", type=int, default=2, help="timing repeats, torch")
+    p.add_argument("--fit-points", type=int, default=4, help="finest N used by the order fit")
+    p.add_argument("--no-torch", dest="torch", action="store_false")
+    p.add_argument("--quick", action="store_true", help="2-D, condot+vp, fewer settings")
+    p.add_argument("--out", default=RESULTS)
+    p.add_argument("--tag", default="", help="suffix of the output files, e.g. _2d")
+    args = p.parse_args(argv)
+    cli = sys.argv[1:] if argv is None else list(argv)
+    if args.quick:
+        args.dims, args.paths = [2], ["condot", "vp"]
+        args.steps, args.tols = [8, 16, 32, 64], [1e-3, 1e-5, 1e-7]
+        args.points_2d, args.logp_points_2d = 64, 8
+    all_solvers = jfm.bench.default_solvers()
+    unknown = set(args.solvers) - set(all_solvers)
+    if unknown:
+        p.error(f"unknown solvers {sorted(unknown)}; choose from {list(all_solvers)}")
+    solvers = {n: all_solvers[n] for n in args.solvers}
+    has_torch = False
+    if args.torch:
+        try:
+            import torch
+            import torchdiffeq  # noqa: F401
+
+            has_torch = True
+            # One intra-op thread: on a small shared CPU torch's spinning thread pool
+            # slows every small op down by an order of magnitude.
+            torch.set_num_threads(args.torch_threads)
+        except ImportError:
+            print("torchdiffeq not importable: skipping the torch runs")
+
+    env = environment()
+    print("\n".join(env), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    key = jr.key(0)
+    t_start = timeit.default_timer()
+    problems = build_problems(args, key)
+    print(f"references built in {timeit.default_timer() - t_start:.0f} s", flush=True)
+
+    records, ref_lines, port_lines, check_lines = [], [], [], []
+    for prob, (kind, mix, pname, path) in problems:
+        line = (
+            f"| {prob.name} | {prob.x0.shape[0]} | {prob.t0:g} -> {prob.t1:g} | "
+            f"{prob.reference.method} | {float(np.max(np.asarray(prob.reference.error))):.1e} |"
+        )
+        if kind == "gauss":  # how good is the solver reference (and its estimate)?
+            sref = jfm.bench.reference_solution(
+                prob.field, prob.x0, rtol=args.ref_tol, atol=args.ref_tol, t1=prob.t1
+            )
+            true_err, _ = jfm.bench.endpoint_errors(sref.x1, prob.reference.x1)
+            line += (
+                f" Dopri8 at {args.ref_tol:.0e}: true error {true_err:.1e}, own estimate "
+                f"{float(np.max(np.asarray(sref.error))):.1e} |"
+            )
+        else:
+            line += " - |"
+        ref_lines.append(line)
+        print(f"== {prob.name}: floor {prob.error_floor:.1e}", flush=True)
+        t0 = timeit.default_timer()
+        recs = jfm.bench.solver_sweep(
+            prob, solvers, steps=args.steps, tolerances=args.tols, repeat=args.repeat
+        )
+        print(f"   jfm sweep {timeit.default_timer() - t0:.0f} s", flush=True)
+        if has_torch:
+            field_t = TorchMixtureVelocity(mix, pname, path)
+            dev = check_torch_port(field_t, prob)
+            port_lines.append(f"| {prob.name} | {dev:.1e} | {'OK' if dev <= 1e-12 else 'FAIL'} |")
+            if dev > 1e-12:
+                print(f"   torch port disagrees with jfm by {dev:.1e}: skipping torch runs")
+            else:
+                t0 = timeit.default_timer()
+                recs += torchdiffeq_sweep(
+                    prob,
+                    field_t,
+                    args.steps,
+                    args.tols,
+                    args.torch_repeat,
+                    fixed=["euler", "midpoint", "rk4"],
+                    adaptive=["dopri5", "dopri8"],
+                )
+                print(f"   torchdiffeq sweep {timeit.default_timer() - t0:.0f} s", flush=True)
+        finite = [r.err_max for r in recs if np.isfinite(r.err_max)]
+        smallest = min(finite) if finite else math.nan
+        resolved = sum(r.err_max > 10 * prob.error_floor for r in recs if np.isfinite(r.err_max))
+        check_lines.append(
+            f"| {prob.name} | {prob.error_floor:.1e} | {smallest:.1e} | "
+            f"{'yes' if smallest > prob.error_floor else 'NO'} | {resolved}/{len(finite)} |"
+        )
+        records += recs
+        # plots: error vs NFE, error vs time, log-likelihood error vs NFE
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+        jfm.bench.plot_work_precision(recs, x="nfe", ax=axes[0], title=f"{prob.name}: error vs NFE")
+        jfm.bench.plot_work_precision(recs, x="time_s", ax=axes[1], title="error vs wall time")
+        jrecs = [r for r in recs if r.library == "jfm" and np.isfinite(r.logp_err_rms)]
+        if jrecs:
+            jfm.bench.plot_work_precision(
+                jrecs,
+                x="logp_nfe",
+                y="logp_err_rms",
+                ax=axes[2],
+                title="log-likelihood error (jfm)",
+            )
+        else:
+            axes[2].set_axis_off()
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, f"solver_accuracy_{slug(prob.name)}.png"), dpi=80)
+        plt.close(fig)
+
+        write_report(
+            args,
+            cli,
+            env,
+            [pr.name for pr, _ in problems[: len(check_lines)]],
+            records,
+            ref_lines,
+            port_lines,
+            check_lines,
+            t_start,
+        )
 
 
 if __name__ == "__main__":

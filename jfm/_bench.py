@@ -856,11 +856,12 @@ def plot_work_precision(
     cmap = plt.get_cmap("tab20")
     names = sorted({(lib, s) for lib, s, _ in groups})
     for (lib, solver, mode), rs in groups.items():
+        # In the order of the setting (N up, tol down), not of x: noisy times stay honest.
+        rs = sorted(rs, key=lambda r: r.steps if mode == "fixed" else -r.tol)
         pts = [(getattr(r, x), getattr(r, y)) for r in rs]
         pts = [(a, b) for a, b in pts if np.isfinite(a) and np.isfinite(b) and b > 0 and a > 0]
         if not pts:
             continue
-        pts.sort()
         xs, ys = zip(*pts)
         style = "-o" if mode == "fixed" else "--s"
         if lib != "jfm":
