@@ -11,7 +11,7 @@ import scipy.stats
 
 import jfm
 
-from .helpers import DTYPES, raises_arg
+from .helpers import raises_arg
 
 
 def tanh_cdf(tau, r):
@@ -55,7 +55,7 @@ def test_gaussian_special_case_is_affine_ve(getkey):
     np.testing.assert_allclose(li, la, rtol=1e-10)
 
 
-@pytest.mark.parametrize("cdf", [tanh_cdf, exp_cdf], ids=["tanh", "1-exp"])
+@pytest.mark.parametrize("cdf", [tanh_cdf], ids=["tanh"])
 def test_inverse_cdf_radius_ks(cdf, getkey):
     path = jfm.IsotropicPath(cdf=cdf, T=2.0)  # tau = T (1 - t) = 1 at t = 0.5
     keys = jr.split(getkey(), 2000)
@@ -79,7 +79,7 @@ def test_density_normalized_2d():
     np.testing.assert_allclose(total, 1.0, rtol=1e-8)  # quadrature accuracy
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [jnp.float64])  # float32 paths: test_poisson, test_continuity
 def test_quantile_map_derivative_is_the_field(dtype, getkey):
     # d/dt of the quantile map (implicit-function derivative through the bisection) must
     # equal the autodiff field -(d_t psi / d_r psi) (x - x1) / r: two independent routes.
