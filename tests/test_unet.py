@@ -123,7 +123,7 @@ def test_errors():
     with pytest.raises(TypeError, match="rngs"):  # beartype may check the hint first
         UNet(1, **SMALL, rngs=0)
     with pytest.raises(ValueError, match="`attention_heads`"):
-        UNet(1, **{**SMALL, "channels": 6, "groups": 2}, attention_heads=4, rngs=nnx.Rngs(0))
+        UNet(1, **{**SMALL, "channels": 6, "groups": 2}, attention_heads=5, rngs=nnx.Rngs(0))
     net = UNet(1, **SMALL, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="divisible"):
         net(jnp.zeros(1), jnp.zeros((1, 7, 7, 1)))
