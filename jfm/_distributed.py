@@ -104,8 +104,8 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None, *, axis: str = 
 
     Examples:
         >>> import jfm
-        >>> jfm.make_mesh(1).shape
-        OrderedDict({'data': 1})
+        >>> dict(jfm.make_mesh(1).shape)
+        {'data': 1}
     """
     if not isinstance(axis, str) or not axis:
         raise TypeError(f"`axis` must be a non-empty string; got {axis!r}.")
