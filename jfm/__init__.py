@@ -46,6 +46,7 @@ from ._train import (
     latest_step as latest_step,
     make_train_step as make_train_step,
     restore_checkpoint as restore_checkpoint,
+    scan_train_step as scan_train_step,
 )
 from .metrics import energy_distance as energy_distance
 

@@ -241,6 +241,68 @@ def test_fit_resume_is_bit_identical(tmp_path):
         jfm.fit(STEP, fresh_state(), batch_fn, steps=3, checkpoint_dir=tmp_path / "b", **kw)
 
 
+def trees_close(a, b, rtol=1e-12):
+    """Equal structure and dtypes, values equal to float64 round-off."""
+    ok = jax.tree.map(
+        lambda x, y: x.dtype == y.dtype and np.allclose(x, y, rtol=rtol, atol=rtol), a, b
+    )
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(jax.tree.leaves(ok))
+
+
+def test_fit_steps_per_call_is_the_same_run(tmp_path):
+    """Fused calls (batch_fn traced into a lax.scan) use the per-step keys: the same run,
+    with evaluations and checkpoints at the same steps, and bit-identical on resume."""
+    key, calls = jr.key(5), []
+
+    def eval_fn(state):
+        calls.append(int(state.step))
+        return {"w00": state.params["w"][0, 0]}
+
+    kw = dict(key=key, progress=False, log_every=4, eval_fn=eval_fn, eval_every=5)
+    ref, h_ref = jfm.fit(STEP, fresh_state(), batch_fn, steps=13, **kw)
+    fused, h = jfm.fit(STEP, fresh_state(), batch_fn, steps=13, steps_per_call=3, **kw)
+    assert trees_close(fused, ref) and int(fused.step) == 13
+    assert calls == [5, 10, 13, 5, 10, 13]  # runs end at every evaluation
+    assert h["step"] == h_ref["step"] == list(range(1, 14))
+    np.testing.assert_allclose(h["loss"], h_ref["loss"], rtol=1e-12)
+    assert [e["step"] for e in h["eval"]] == [5, 10, 13]
+    # Checkpoints at multiples of 4 (runs end there too); a resume continues the run.
+    ck = dict(key=key, progress=False, checkpoint_every=4, steps_per_call=3)
+    full, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=13, checkpoint_dir=tmp_path / "a", **ck)
+    part, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=6, checkpoint_dir=tmp_path / "b", **ck)
+    assert jfm.latest_step(tmp_path / "b") == 6 and int(part.step) == 6
+    resumed, hr = jfm.fit(
+        STEP, fresh_state(), batch_fn, steps=13, checkpoint_dir=tmp_path / "b", **ck
+    )
+    assert trees_equal(resumed, full) and trees_close(full, ref)
+    assert hr["step"] == list(range(7, 14))
+    assert trees_equal(full, jfm.restore_checkpoint(tmp_path / "a", fresh_state()))
+    with raises_arg(ValueError, "steps_per_call"):
+        jfm.fit(STEP, fresh_state(), batch_fn, steps=2, key=key, steps_per_call=0)
+
+
+def test_scan_train_step_matches_a_python_loop():
+    key, n = jr.key(2), 6
+    multi = jax.jit(jfm.scan_train_step(STEP, batch_fn, n))
+    state, metrics = multi(fresh_state(), key)
+    jstep, loop, losses = jax.jit(STEP), fresh_state(), []
+    for i in range(1, n + 1):
+        data_key, step_key = jr.split(jr.fold_in(key, i))
+        loop, m = jstep(loop, batch_fn(data_key), step_key)
+        losses.append(float(m["loss"]))
+    assert trees_close(state, loop) and metrics["loss"].shape == (n,)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-12)
+    # A second call continues from state.step: steps n+1 .. 2n.
+    state, _ = multi(state, key)
+    assert int(state.step) == 2 * n
+    with raises_arg(ValueError, "num_steps"):
+        jfm.scan_train_step(STEP, batch_fn, 0)
+    with raises_arg(TypeError, "batch_fn"):
+        jfm.scan_train_step(STEP, batch_fn(key), 2)
+    with raises_arg(TypeError, "state"):
+        multi(tuple(fresh_state()), key)
+
+
 # orbax's asyncio loop complains on interpreter-side cleanup after a failed restore.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_fit_keeps_latest_checkpoints_and_refuses_damaged_ones(tmp_path):
