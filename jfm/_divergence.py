@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_key, check_name
+from ._misc import check_array, check_key, check_name, sample_flat
 
 _METHODS: tuple[str, ...] = ("auto", "jvp", "jacfwd")
 _NOISES: tuple[str, ...] = ("rademacher", "gaussian")
@@ -200,8 +200,8 @@ def _resolve_method(method: str, chunk: int | None, d: int) -> str:
 def _draw_probes(key, k: int, shape: tuple[int, ...], noise: str, dtype) -> Array:
     """``k`` probes of ``shape``: Rademacher (+-1) or standard normal, ``E[u u^T] = I``."""
     if noise == "rademacher":
-        return jr.rademacher(key, (k, *shape), dtype=dtype)
-    return jr.normal(key, (k, *shape), dtype)
+        return sample_flat(jr.rademacher, key, (k, *shape), dtype=dtype)
+    return sample_flat(jr.normal, key, (k, *shape), dtype)
 
 
 def _resolve_probes(key, probes, noise, probe, x) -> Array:

@@ -29,7 +29,7 @@ from ._divergence import (
     _value_and_hutchinson_terms,
     _value_and_trace,
 )
-from ._misc import check_array, check_key, check_name, is_concrete
+from ._misc import check_array, check_key, check_name, is_concrete, sample_flat
 from ._paths import AbstractPath
 from ._solver_utils import _check_int, _check_step_control, _check_time, solve_counted
 
@@ -528,7 +528,7 @@ def bits_per_dim(
         raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
     b = x_int.shape[0]
     d = math.prod(x_int.shape[1:])
-    u = jr.uniform(key, x_int.shape, dtype)
+    u = sample_flat(jr.uniform, key, x_int.shape, dtype)
     levels = 2.0**bits
     x = 2 * (x_int.astype(dtype) + u) / levels - 1
     logp = jnp.asarray(log_prob_fn(x))

@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._couplings import resolve_coupling
 from ._custom_types import ApplyFn, Args
-from ._misc import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete
+from ._misc import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete, sample_flat
 from ._paths import AbstractPath, AffinePath, DiffusionSDE, SchrodingerBridgePath
 
 
@@ -235,7 +235,7 @@ def cfm_loss(
         )
     if x0 is None:
         if isinstance(path, AffinePath):
-            x0 = jr.normal(key_x0, x1.shape, dtype)
+            x0 = sample_flat(jr.normal, key_x0, x1.shape, dtype)
         else:
             x0 = path.prior_sample(x1.shape, key=key_x0, dtype=dtype)
     x0 = check_array(x0, "x0")
@@ -255,7 +255,7 @@ def cfm_loss(
         xt = jax.vmap(path.sample)(t, x0, x1)
         target = jax.vmap(lambda ti, a, b: path.target(ti, a, b, kind=pred))(t, x0, x1)
     if smoothing:
-        eps = jr.normal(key_eps, x1.shape, dtype)
+        eps = sample_flat(jr.normal, key_eps, x1.shape, dtype)
         xt = xt + jnp.asarray(sigma_min, dtype) * eps
     out = apply(params, t, xt, args)
     if not hasattr(out, "shape") or out.shape != x1.shape:
@@ -519,6 +519,8 @@ __all__ = [
     "uniform_time",
     "x1_loss",
 ]
+
+
 def _apply_coupling(coupling, x0, x1, key):
     """Pair ``(x0, x1)`` with ``coupling`` and check that it kept shapes and dtypes."""
     c0, c1 = resolve_coupling(coupling)(x0, x1, key=key)
@@ -540,7 +542,7 @@ def _bridge_sample_target(path, t, x0, x1, key, pred, smoothing):
             "the bridge noise sigma sqrt(t(1-t)) eps; set the noise level with its sigma."
         )
     check_name(pred, "pred", ("velocity",))
-    eps = jr.normal(key, x1.shape, x1.dtype)
+    eps = sample_flat(jr.normal, key, x1.shape, x1.dtype)
     xt = jax.vmap(path.sample)(t, x0, x1, eps)
     target = jax.vmap(lambda ti, a, b, e: path.target(ti, a, b, e, kind=pred))(t, x0, x1, eps)
     return xt, target

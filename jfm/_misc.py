@@ -1,5 +1,6 @@
 """Small shared helpers: argument checks that run at trace time."""
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -98,3 +99,17 @@ def check_real_scalar(value, name: str):
     if not jnp.issubdtype(value.dtype, jnp.floating):
         value = value.astype(jnp.result_type(float))
     return value
+
+
+def sample_flat(sampler, key, shape, *args, **kwargs):
+    """``sampler(key, shape, *args, **kwargs)`` (a ``jax.random`` sampler), drawn flat.
+
+    The values are identical (threefry's counters are the row-major flat index, so a flat
+    draw reshaped is the same array bit for bit), but the compile is not: on XLA:CPU with
+    JAX 0.10, a rank-4 draw such as an image batch ``[B, H, W, C]`` or a conv kernel
+    takes 1-15 s to compile per new shape, a flat one ~0.3 s.
+    """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return sampler(key, shape, *args, **kwargs)
+    return sampler(key, (math.prod(shape),), *args, **kwargs).reshape(shape)

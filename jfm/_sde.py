@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_key, check_name, check_scalar_time, is_concrete
+from ._misc import check_array, check_key, check_name, check_scalar_time, is_concrete, sample_flat
 from ._paths import AffinePath
 from ._solve import (
     _BATCH_MODES,
@@ -684,7 +684,7 @@ def langevin(
 def _langevin(score, x0, key, t, eps, args, *, steps):
     def body(x, k):
         s = _batched(score, "score", t, x, args)
-        z = jr.normal(k, x.shape, x.dtype)
+        z = sample_flat(jr.normal, k, x.shape, x.dtype)
         return _langevin_update(x, s, eps, z), None
 
     x, _ = lax.scan(body, x0, jr.split(key, steps))
@@ -802,7 +802,7 @@ def _sample_pc(
 
     def correct(x, t, k):
         s = _batched(score, "score", t, x, args)
-        z = jr.normal(k, x.shape, x.dtype)
+        z = sample_flat(jr.normal, k, x.shape, x.dtype)
         # Song et al.'s rule: norms averaged over the batch, one step for all examples
         # (per-example norms make huge steps where one example's score nearly vanishes).
         ns = jnp.mean(jnp.sqrt(jnp.sum(s**2, axis=axes)))

@@ -13,6 +13,7 @@ from .._misc import (
     check_name,
     check_scalar_time,
     is_concrete,
+    sample_flat,
 )
 from .base import AbstractPath, check_event_shape, prior_shape
 from .schedule import AbstractSchedule, check_schedule
@@ -229,7 +230,7 @@ class AffinePath(AbstractPath):
         if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) for n in shape):
             raise TypeError(f"`shape` must be a tuple of ints; got {shape!r}.")
         dtype = jnp.result_type(float) if dtype is None else dtype
-        return self.prior_std * jr.normal(key, tuple(shape), dtype)
+        return self.prior_std * sample_flat(jr.normal, key, shape, dtype)
 
     def prior_log_prob(self, x: Float[Array, "*dims"]) -> Float[Array, ""]:
         """``log N(x; 0, prior_std^2 I)`` of ONE example ``x`` (all axes are event axes)."""
@@ -254,7 +255,7 @@ class AffinePath(AbstractPath):
         """
         check_key(key)
         x1 = check_array(x1, "x1")
-        return self.sample(t, jr.normal(key, x1.shape, x1.dtype), x1)
+        return self.sample(t, sample_flat(jr.normal, key, x1.shape, x1.dtype), x1)
 
     def conditional_velocity(
         self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]

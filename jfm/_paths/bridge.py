@@ -6,7 +6,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._couplings import sinkhorn_coupling
 from .._custom_types import RealScalarLike
-from .._misc import check_name, check_real_scalar, check_scalar_time, is_concrete
+from .._misc import check_name, check_real_scalar, check_scalar_time, is_concrete, sample_flat
 from .affine import _check_pair
 from .base import AbstractPath
 
@@ -146,7 +146,9 @@ class SchrodingerBridgePath(AbstractPath):
 
     def prior_sample(self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None) -> Array:
         """Standard-normal draws of shape ``(*batch, *event)``."""
-        return jax.random.normal(key, shape, jnp.result_type(float) if dtype is None else dtype)
+        return sample_flat(
+            jax.random.normal, key, shape, jnp.result_type(float) if dtype is None else dtype
+        )
 
     def prior_log_prob(self, x: Float[Array, "*dims"]) -> Float[Array, ""]:
         """Log-density of ``N(0, I)`` at one example."""

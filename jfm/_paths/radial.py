@@ -17,7 +17,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._custom_types import RealScalarLike
-from .._misc import check_array, check_key, check_scalar_time
+from .._misc import check_array, check_key, check_scalar_time, sample_flat
 from .affine import _check_pair
 from .base import AbstractPath, prior_shape, split_prior_shape
 
@@ -29,7 +29,7 @@ def log_sphere_area(d: int) -> float:
 
 def uniform_direction(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
     """A direction uniform on the unit sphere of ``R^{prod(shape)}``, reshaped to ``shape``."""
-    g = jr.normal(key, shape, dtype)
+    g = sample_flat(jr.normal, key, shape, dtype)
     return g / jnp.sqrt(jnp.sum(g * g))
 
 
