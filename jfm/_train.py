@@ -562,6 +562,10 @@ def _evaluate(eval_fn, state, step: int) -> dict[str, Any]:
     return record
 
 
+#: What tracing a host-side (numpy) batch_fn raises.
+_NOT_TRACEABLE = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError)
+
+
 def _next_multiple(i: int, period: int | None) -> int | None:
     return None if period is None else (i // period + 1) * period
 
@@ -745,7 +749,14 @@ def fit(
         else:
 
             def run(i, n):  # steps i + 1 .. i + n in one call
-                return _jitted_flat(train_step, treedef, batch_fn, n)(leaves, key)
+                try:
+                    return _jitted_flat(train_step, treedef, batch_fn, n)(leaves, key)
+                except _NOT_TRACEABLE as e:
+                    raise TypeError(
+                        "`batch_fn` must be a JAX function of its key when `steps_per_call` is "
+                        "given (it is traced into the fused steps); a host-side loader needs "
+                        f"steps_per_call=None. ({type(e).__name__}: {e})"
+                    ) from e
 
         pending: list[tuple[int, int, Any]] = []
 

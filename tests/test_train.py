@@ -280,6 +280,33 @@ def test_fit_steps_per_call_is_the_same_run(tmp_path):
     with raises_arg(ValueError, "steps_per_call"):
         jfm.fit(STEP, fresh_state(), batch_fn, steps=2, key=key, steps_per_call=0)
 
+    def numpy_batches(key):  # a host-side loader cannot be traced into the fused steps
+        rng = np.random.default_rng(np.asarray(jr.key_data(key))[-1])
+        x = rng.normal(size=(B, D))
+        return jnp.asarray(x), jnp.asarray(x @ np.asarray(W_TRUE))
+
+    jfm.fit(STEP, fresh_state(), numpy_batches, steps=2, key=key, progress=False)
+    with raises_arg(TypeError, "batch_fn", "steps_per_call"):
+        jfm.fit(STEP, fresh_state(), numpy_batches, steps=2, key=key, steps_per_call=2)
+
+
+def test_fit_traces_its_step_once_across_calls():
+    # A resumed or extended run (a second fit with the same step) reuses the compiled
+    # step: the step's Python body runs (is traced) once per mode, not once per call.
+    traces = []
+
+    def step(state, batch, key):
+        traces.append(1)
+        return STEP(state, batch, key)
+
+    kw = dict(key=jr.key(1), progress=False)
+    s, _ = jfm.fit(step, fresh_state(), batch_fn, steps=3, **kw)
+    s, _ = jfm.fit(step, s, batch_fn, steps=5, **kw)
+    assert len(traces) == 1 and int(s.step) == 5
+    s, _ = jfm.fit(step, s, batch_fn, steps=9, steps_per_call=2, **kw)
+    s, _ = jfm.fit(step, s, batch_fn, steps=13, steps_per_call=2, **kw)
+    assert len(traces) == 2 and int(s.step) == 13  # one more: the scanned step
+
 
 def test_scan_train_step_matches_a_python_loop():
     key, n = jr.key(2), 6
