@@ -452,7 +452,8 @@ def scan_train_step(
     the same run (equal to float round-off: XLA may fuse the scanned step differently).
     Jitted (``jax.jit(multi_step, donate_argnums=0)``), it is one dispatch for
     ``num_steps`` steps: no per-step Python, pytree flattening or host-side key
-    derivation, which is what bounds small models (a 3x64 MLP step is ~0.1 ms of compute).
+    derivation, which is what bounds small models (on a 2-core CPU, a 3x64 MLP at batch
+    256 takes ~0.6 ms per fused step, and one jitted call per step adds ~0.35 ms).
     ``jfm.fit(..., steps_per_call=n)`` uses it.
 
     Args:

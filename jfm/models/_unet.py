@@ -45,7 +45,8 @@ def _lecun_normal(key, shape, dtype=jnp.float32):
     a draw depends only on ``key`` and ``i``), as the prefix of a power-of-two draw: on
     XLA:CPU a rank-4 conv-kernel draw takes ~15 s to compile per new shape and even a
     flat one ~0.1 s, which made building a tiny U-Net take ~25 s; now a handful of sizes
-    compile once.
+    compile once. (With another PRNG implementation the values are still i.i.d. draws of
+    the same distribution, though not necessarily flax's.)
     """
     fan_in = math.prod(shape[:-1])
     # As jax.nn.initializers.variance_scaling computes it, in `dtype` (bit-identical);
