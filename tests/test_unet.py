@@ -141,7 +141,9 @@ def test_errors():
         net(jnp.zeros(2), jnp.zeros((1, 8, 8, 1)))
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 8, 16), (1, 1, 5, 7), (64, 32)])
+# (flax's own rank-4 draw is the slow compile being avoided: a 3x3x8x16 reference alone
+# costs ~17 s in the suite, so the rank-4 case is a small 1x1 kernel)
+@pytest.mark.parametrize("shape", [(1, 1, 5, 7), (64, 32)])
 def test_kernel_init_is_flax_lecun_normal_bit_for_bit(shape):
     # The U-Net draws its kernels flat, as the prefix of a power-of-two draw (one compile
     # per size instead of ~15 s per rank-4 shape on XLA:CPU); the values are flax's.
