@@ -16,8 +16,8 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import PARAMETRIZATIONS, check_key, check_name, check_scalar_time, is_concrete
 from ._custom_types import Args, RealScalarLike
-from ._misc import PARAMETRIZATIONS, check_key, check_name, check_scalar_time, is_concrete
 from ._paths import AffinePath
 
 

@@ -40,9 +40,9 @@ from diffrax._local_interpolation import ThirdOrderHermitePolynomialInterpolatio
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._analytic import GaussianMixture
+from ._checks import check_array, check_name
 from ._custom_types import Args, RealScalarLike, VectorField
 from ._likelihood import log_prob
-from ._misc import check_array, check_name
 from ._paths import AffinePath
 from ._solve import _check_int, _check_tol, sample_ode
 

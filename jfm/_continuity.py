@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checks import check_array, check_key, is_concrete
 from ._divergence import divergence_exact
-from ._misc import check_array, check_key, is_concrete
 
 _METHODS = ("sample_conditional", "conditional_velocity", "conditional_log_density")
 

@@ -26,8 +26,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from ott.geometry import pointcloud
 from ott.solvers import linear
 
+from ._checks import check_array, check_key, check_scalar, is_concrete
 from ._custom_types import RealScalarLike
-from ._misc import check_array, check_key, check_real_scalar, is_concrete
 from ._ot import exact_assignment, sq_cost
 
 #: A coupling ``(x0[B, *event], x1[B, *event], *, key) -> (x0', x1')``.
@@ -155,7 +155,7 @@ def exact_ot_coupling(
 
 
 def _check_positive(v, name):
-    v = check_real_scalar(v, name)
+    v = check_scalar(v, name)
     if is_concrete(v) and not float(v) > 0:
         raise ValueError(f"`{name}` must be > 0; got {name}={float(v)}.")
     return v

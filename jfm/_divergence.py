@@ -22,8 +22,9 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import check_array, check_key, check_name
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_key, check_name, sample_flat
+from ._misc import sample_flat
 
 _METHODS: tuple[str, ...] = ("auto", "jvp", "jacfwd")
 _NOISES: tuple[str, ...] = ("rademacher", "gaussian")

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._checks import check_array, check_key, check_name, is_concrete
 from ._custom_types import ApplyFn, Args, RealScalarLike
 from ._loss import uniform_time
-from ._misc import check_array, check_key, check_name, is_concrete
 
 _KINDS: tuple[str, ...] = ("velocity", "x1")
 _METHODS = ("sample_conditional", "conditional_velocity", "conditional_log_density")

@@ -14,6 +14,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import check_array, check_key, check_name
 from ._custom_types import Args, RealScalarLike, VectorField
 from ._divergence import (
     _check_pos_int,
@@ -23,7 +24,6 @@ from ._divergence import (
     _value_and_hutchinson_terms,
     _value_and_trace,
 )
-from ._misc import check_array, check_key, check_name
 
 _NOISES: tuple[str, ...] = ("rademacher", "gaussian")
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from ._checks import check_array, check_scalar, is_concrete
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_real_scalar, is_concrete
 
 
 class _GuidedField(eqx.Module):
@@ -130,7 +130,7 @@ def classifier_free_guidance(
         raise TypeError(
             f"`field` must be callable as field(t, x, args) -> dx/dt; got {type(field)}."
         )
-    scale = check_real_scalar(scale, "scale")
+    scale = check_scalar(scale, "scale")
     if isinstance(null_label, bool) or not isinstance(
         null_label, (numbers.Integral, np.ndarray, np.generic, jax.Array)
     ):
@@ -144,7 +144,7 @@ def classifier_free_guidance(
     if interval is not None:
         if not isinstance(interval, (tuple, list)) or len(interval) != 2:
             raise ValueError(f"`interval` must be a pair (t_lo, t_hi) or None; got {interval!r}.")
-        lo, hi = (check_real_scalar(v, "interval") for v in interval)
+        lo, hi = (check_scalar(v, "interval") for v in interval)
         if is_concrete((lo, hi)) and not (0 <= float(lo) < float(hi) <= 1):
             raise ValueError(
                 f"`interval` must satisfy 0 <= t_lo < t_hi <= 1; got ({float(lo)}, {float(hi)})."

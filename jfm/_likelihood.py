@@ -21,6 +21,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from ._checks import check_array, check_key, check_name, is_concrete
 from ._custom_types import Args, RealScalarLike, VectorField
 from ._divergence import (
     _check_pos_int,
@@ -29,7 +30,7 @@ from ._divergence import (
     _value_and_hutchinson_terms,
     _value_and_trace,
 )
-from ._misc import check_array, check_key, check_name, is_concrete, sample_flat
+from ._misc import sample_flat
 from ._paths import AbstractPath
 from ._solver_utils import _check_int, _check_step_control, _check_time, solve_counted
 

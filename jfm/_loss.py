@@ -13,9 +13,10 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from ._checks import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete
 from ._couplings import resolve_coupling
 from ._custom_types import ApplyFn, Args
-from ._misc import PARAMETRIZATIONS, check_array, check_key, check_name, is_concrete, sample_flat
+from ._misc import sample_flat
 from ._paths import AbstractPath, AffinePath, DiffusionSDE, SchrodingerBridgePath
 
 

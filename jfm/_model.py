@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, PyTree
 
+from ._checks import PARAMETRIZATIONS, check_array, check_name, check_scalar_time
 from ._custom_types import ApplyFn, Args, RealScalarLike
-from ._misc import PARAMETRIZATIONS, check_array, check_name, check_scalar_time
 from ._paths import AbstractPath
 
 

@@ -26,8 +26,9 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._checks import check_array, check_key, check_name, check_scalar_time, is_concrete
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_key, check_name, check_scalar_time, is_concrete, sample_flat
+from ._misc import sample_flat
 from ._paths import AffinePath
 from ._solve import (
     _BATCH_MODES,

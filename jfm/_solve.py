@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from ._checks import check_array, check_name, is_concrete
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._misc import check_array, check_name, is_concrete
 from ._solver_utils import (  # noqa: F401  (re-exported: other modules import them from here)
     _INITIAL_STEP_NFE as _INITIAL_STEP_NFE,
     _check_int as _check_int,

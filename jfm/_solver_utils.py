@@ -14,7 +14,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import numpy as np
 
-from ._misc import is_concrete
+from ._checks import is_concrete
 
 #: Field evaluations spent by diffrax's initial-step heuristic (Hairer, Norsett & Wanner,
 #: Sec. II.4): ``f(t0, y0)`` and ``f(t0 + h0, y0 + h0 f(t0, y0))``.

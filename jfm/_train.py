@@ -23,7 +23,7 @@ from etils import epath
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 from tqdm import tqdm
 
-from ._misc import check_key
+from ._checks import check_key
 
 __all__ = [
     "TrainState",

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import check_array, is_concrete
 from ._custom_types import RealScalarLike
-from ._misc import check_array, is_concrete
 from ._ot import exact_assignment, sq_cost
 
 #: Default block size, in elements of the ``[chunk, M, D]`` difference block (128 MiB in

@@ -1,5 +1,7 @@
 """Parameter sets and tolerance helpers shared by the tests."""
 
+import contextlib
+
 import diffrax as dfx
 import jax
 import jax.numpy as jnp
@@ -41,14 +43,24 @@ def tol(dtype, f64: float, f32: float) -> float:
     return scale * (f64 if jnp.dtype(dtype) == jnp.float64 else f32)
 
 
+@contextlib.contextmanager
 def raises_arg(exc, name: str, msg: str = ""):
-    """``pytest.raises`` for a bad argument ``name``.
+    """``pytest.raises(exc)`` for a bad argument ``name``, checking the exact type.
 
-    jfm's own checks raise ``exc`` with a message naming `name`; under the suite's
-    jaxtyping+beartype hook an annotation violation may fire first as a TypeError naming
-    ``parameter 'name'``. Both name the argument, which is what these tests demand.
+    The exception must be exactly ``exc`` with a message naming `name` (and matching
+    ``msg``). One allowance: under the suite's jaxtyping+beartype hook an annotation
+    violation fires as jaxtyping's ``TypeCheckError`` (a ``TypeError`` subclass, what a
+    user of the annotated function sees) naming ``parameter 'name'``; it passes only where
+    a ``TypeError`` is expected.
     """
     import pytest
+    from jaxtyping import TypeCheckError
 
-    pattern = f"`{name}`{'.*' + msg if msg else ''}|parameter '{name}'"
-    return pytest.raises((exc, TypeError), match=pattern)
+    pattern = f"`{name}`{'.*' + msg if msg else ''}"
+    if exc is TypeError:
+        pattern += f"|parameter '{name}'"
+    with pytest.raises(exc, match=pattern) as info:
+        yield info
+    got = type(info.value)
+    if got is not exc and not (exc is TypeError and issubclass(got, TypeCheckError)):
+        raise AssertionError(f"expected exactly {exc.__name__}, got {got.__name__}: {info.value}")

@@ -17,6 +17,4 @@ from .schedule import (
     Polynomial as Polynomial,
 )
 
-# isort: split
-# --- issue 5: Schrodinger-bridge path ---
 from .bridge import SchrodingerBridgePath as SchrodingerBridgePath

@@ -5,16 +5,16 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._custom_types import RealScalarLike
-from .._misc import (
+from .._checks import (
     PARAMETRIZATIONS,
     check_array,
     check_key,
     check_name,
     check_scalar_time,
     is_concrete,
-    sample_flat,
 )
+from .._custom_types import RealScalarLike
+from .._misc import sample_flat
 from .base import AbstractPath, check_event_shape, prior_shape
 from .schedule import AbstractSchedule, check_schedule
 

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import check_name, check_scalar, check_scalar_time, is_concrete
 from .._couplings import sinkhorn_coupling
 from .._custom_types import RealScalarLike
-from .._misc import check_name, check_real_scalar, check_scalar_time, is_concrete, sample_flat
+from .._misc import sample_flat
 from .affine import _check_pair
 from .base import AbstractPath
 
@@ -78,7 +79,7 @@ class SchrodingerBridgePath(AbstractPath):
     sigma: Float[Array, ""]
 
     def __init__(self, sigma: RealScalarLike):
-        sigma = check_real_scalar(sigma, "sigma")
+        sigma = check_scalar(sigma, "sigma")
         if is_concrete(sigma) and not float(sigma) >= 0:
             raise ValueError(f"`sigma` must be >= 0; got sigma={float(sigma)}.")
         self.sigma = sigma

@@ -19,8 +19,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import check_array, check_scalar_time
 from .._custom_types import Args, RealScalarLike, VectorField
-from .._misc import check_array, check_scalar_time
 from .affine import AffinePath
 from .schedule import VE, VP
 

@@ -10,8 +10,8 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float
 
+from .._checks import check_name, is_concrete
 from .._custom_types import RealScalarLike
-from .._misc import check_name, is_concrete
 from .base import check_event_shape
 from .radial import AbstractRadialPath, log_sphere_area, safe_norm
 

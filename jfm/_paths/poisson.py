@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
+from .._checks import check_name, check_scalar_time, is_concrete
 from .._custom_types import RealScalarLike
-from .._misc import check_name, check_scalar_time, is_concrete
 from .base import check_event_shape
 from .radial import AbstractRadialPath
 

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import check_array, check_key, check_scalar_time
 from .._custom_types import RealScalarLike
-from .._misc import check_array, check_key, check_scalar_time, sample_flat
+from .._misc import sample_flat
 from .affine import _check_pair
 from .base import AbstractPath, prior_shape, split_prior_shape
 

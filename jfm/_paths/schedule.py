@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._misc import is_concrete
+from .._checks import is_concrete
 
 
 def _jvp_scalar(fn, t):

@@ -26,6 +26,4 @@ from ._toy import (
     swiss_roll as swiss_roll,
 )
 
-# --- issue 7: image loaders ---
-# isort: split
 from ._images import load_cifar10 as load_cifar10, load_image_npz as load_image_npz

@@ -22,8 +22,8 @@ import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import check_key, is_concrete
 from .._custom_types import RealScalarLike
-from .._misc import check_key, is_concrete
 
 # -- argument checks -------------------------------------------------------------------
 

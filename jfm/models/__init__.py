@@ -10,8 +10,6 @@ from ._embed import (
 )
 from ._mlp import MLP as MLP
 
-# --- issue 7: U-Net ---
-# isort: split
 from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,

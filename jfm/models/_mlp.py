@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import is_concrete
+from .._checks import is_concrete
 from ._embed import sinusoidal_embedding
 
 
