@@ -37,26 +37,34 @@ from ._model import (
     field_from_model as field_from_model,
     split_model as split_model,
 )
-from ._sde import ScoreFromVelocity as ScoreFromVelocity, score_from_velocity as score_from_velocity
-from ._guidance import classifier_free_guidance as classifier_free_guidance
-from ._fields import density_guidance as density_guidance
+from ._fields import (
+    ScoreFromVelocity as ScoreFromVelocity,
+    classifier_free_guidance as classifier_free_guidance,
+    density_guidance as density_guidance,
+    score_from_velocity as score_from_velocity,
+)
 from ._empirical import EmpiricalField as EmpiricalField, empirical_field as empirical_field
 
 # -- sampling -----------------------------------------------------------------------------
-from ._solve import ODEResult as ODEResult, sample_ode as sample_ode
-from ._sde import langevin as langevin, sample_pc as sample_pc, sample_sde as sample_sde
+from ._sampling import (
+    AbstractCountedSolver as AbstractCountedSolver,
+    PredictorCorrector as PredictorCorrector,
+    Solution as Solution,
+    langevin as langevin,
+    sample_ode as sample_ode,
+    sample_pc as sample_pc,
+    sample_sde as sample_sde,
+)
 
 # -- divergence and likelihood --------------------------------------------------------------
 from ._divergence import (
+    AbstractDivergence as AbstractDivergence,
+    ExactDivergence as ExactDivergence,
+    HutchinsonDivergence as HutchinsonDivergence,
     divergence_exact as divergence_exact,
     divergence_hutchinson as divergence_hutchinson,
-    divergence_hutchinson_vjp as divergence_hutchinson_vjp,
 )
-from ._likelihood import (
-    LogProbInfo as LogProbInfo,
-    bits_per_dim as bits_per_dim,
-    log_prob as log_prob,
-)
+from ._sampling import bits_per_dim as bits_per_dim, log_prob as log_prob
 
 # -- training losses and time samplers ------------------------------------------------------
 from ._loss import (

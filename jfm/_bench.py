@@ -40,11 +40,11 @@ from diffrax._local_interpolation import ThirdOrderHermitePolynomialInterpolatio
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._analytic import GaussianMixture
-from ._checks import check_array, check_name
+from ._checks import check_array, check_int as _check_int, check_name
 from ._custom_types import Args, RealScalarLike, VectorField
-from ._likelihood import log_prob
 from ._paths import AffinePath
-from ._solve import _check_int, _check_tol, sample_ode
+from ._sampling import log_prob, sample_ode
+from ._sampling.base import check_positive_tol as _check_tol
 
 _BATCH_MODES: tuple[str, ...] = ("joint", "vmap")
 

@@ -10,19 +10,22 @@ batch with :func:`jax.vmap`.
 - :func:`divergence_hutchinson`: the unbiased estimate ``u^T J u`` with random probes
   ``u`` (``E[u u^T] = I``), forward mode: one linearization shared by all probes
   (``method="vjp"``: the same estimator in reverse mode, ``(u^T J) u``, for comparison).
+
+The estimators are also values, :class:`ExactDivergence` and :class:`HutchinsonDivergence`,
+which the samplers take (``jfm.log_prob(..., divergence=jfm.HutchinsonDivergence(4))``).
 """
 
+import abc
 import math
-import numbers
 
+import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_array, check_key, check_name
+from ._checks import check_array, check_callable, check_int, check_key, check_name, check_scalar
 from ._custom_types import Args, RealScalarLike, VectorField
 from ._misc import sample_flat
 
@@ -46,28 +49,12 @@ _DEFAULT_CHUNK = 16
 
 
 def _check_field(f) -> None:
-    if not callable(f):
-        raise TypeError(f"`f` must be callable as f(t, x, args) -> dx/dt; got {type(f)}.")
+    check_callable(f, "f")
 
 
-def _check_t(t) -> Array:
-    if isinstance(t, bool) or not isinstance(t, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-        raise TypeError(f"`t` must be a real scalar (float or 0-d array); got {type(t)}.")
-    t = jnp.asarray(t)
-    if t.shape != ():
-        raise ValueError(
-            f"`t` must be a scalar (shape ()); got shape {t.shape}. The divergence acts on "
-            "ONE example: batch with jax.vmap."
-        )
-    return t
-
-
-def _check_pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"`{name}` must be a Python int; got {v!r} ({type(v).__name__}).")
-    if v < 1:
-        raise ValueError(f"`{name}` must be >= 1; got {name}={v}.")
-    return int(v)
+def check_t(t) -> Array:
+    """A scalar time (any value: a field may be evaluated outside [0, 1])."""
+    return check_scalar(t, "t")
 
 
 def _flat_field(f, t, x, args):
@@ -143,12 +130,12 @@ def divergence_exact(
         Array(5., dtype=float32)
     """
     _check_field(f)
-    t = _check_t(t)
+    t = check_t(t)
     x = check_array(x, "x")
     check_name(method, "method", _METHODS)
     d = x.size
     if chunk is not None:
-        chunk = _check_pos_int(chunk, "chunk")
+        chunk = check_int(chunk, "chunk")
         if method == "jacfwd":
             raise ValueError(
                 f"`chunk` applies to method='jvp' only (jacfwd takes all {d} tangents at "
@@ -209,7 +196,7 @@ def _resolve_probes(key, probes, noise, probe, x) -> Array:
     """Check the Hutchinson options and return the probes ``(K, *event)`` in x's dtype."""
     check_name(noise, "noise", _NOISES)
     if probes is not None:
-        probes = _check_pos_int(probes, "probes")
+        probes = check_int(probes, "probes")
     if probe is None:
         if key is None:
             raise TypeError(
@@ -263,7 +250,7 @@ def _value_and_hutchinson_terms(g, xf, u, mode: str):
 def _hutchinson(f, t, x, args, key, probes, noise, probe, return_stderr, mode):
     _check_field(f)
     check_name(mode, "method", _HUTCHINSON_METHODS)
-    t = _check_t(t)
+    t = check_t(t)
     x = check_array(x, "x")
     if not isinstance(return_stderr, bool):
         raise TypeError(f"`return_stderr` must be a bool; got {return_stderr!r}.")
@@ -349,59 +336,145 @@ def divergence_hutchinson(
     return _hutchinson(f, t, x, args, key, probes, noise, probe, return_stderr, method)
 
 
-def divergence_hutchinson_vjp(
-    f: VectorField,
-    t: RealScalarLike,
-    x: ArrayLike,
-    args: Args = None,
-    *,
-    key: PRNGKeyArray | None = None,
-    probes: int | None = None,
-    noise: str = "rademacher",
-    probe: ArrayLike | None = None,
-    return_stderr: bool = False,
-) -> Float[Array, ""] | tuple[Float[Array, ""], Float[Array, ""]]:
-    r"""Hutchinson's estimate of ``div f(t, x)`` in reverse mode: ``(u^T J) u``.
+# -- estimators as values -----------------------------------------------------------------
 
-    The same estimator as :func:`jfm.divergence_hutchinson` (same probes from the same
-    ``key``, same value up to floating-point rounding), computed as FFJORD and the
-    PyTorch libraries do: one forward pass with its reverse-mode tape (:func:`jax.vjp`),
-    then ``K`` vector-Jacobian products ``u_k^T J`` batched with :func:`jax.vmap`:
 
-    .. math::
-        \widehat{\mathrm{div}} = \frac1K \sum_k (u_k^T J) u_k,
-        \qquad E[\widehat{\mathrm{div}}] = \mathrm{tr}\, J.
+class AbstractDivergence(eqx.Module):
+    """A divergence estimator, as a value: what :func:`jfm.log_prob` and
+    :func:`jfm.density_guidance` take as ``divergence=``.
 
-    Exactly ``jfm.divergence_hutchinson(..., method="vjp")``; provided as a public name
-    for comparisons (``benchmarks/divergence.py``). Forward mode (the default of
-    :func:`jfm.divergence_hutchinson`) needs no tape and is usually no slower.
+    ``terms(g, xf, probe)`` returns ``(g(xf), terms [K])`` for a flat per-example field
+    ``g: (D,) -> (D,)``, one primal evaluation; the estimate is ``mean(terms)``.
+    """
 
-    Args:
-        f: per-example field ``f(t, x, args) -> dx/dt`` (same shape as ``x``).
-        t: scalar time.
-        x: ``(*event,)`` one example, floating.
-        args: passed to ``f`` unchanged.
-        key: PRNG key for the probes; required unless ``probe`` is given.
-        probes: number of probes ``K >= 1`` drawn from ``key`` (default 1).
-        noise: ``"rademacher"`` (default) or ``"gaussian"``.
-        probe: ``(K, *event)`` fixed probes, used instead of drawing from ``key``.
-        return_stderr: also return the standard error over the probes (``K >= 2``).
+    @property
+    @abc.abstractmethod
+    def num_terms(self) -> int:
+        """``K``: the number of terms (accumulators) of one estimate."""
 
-    Returns:
-        The estimate, a scalar in the dtype of ``x``; with ``return_stderr`` a tuple
-        ``(estimate, stderr)``.
+    @property
+    @abc.abstractmethod
+    def needs_key(self) -> bool:
+        """Whether the estimator is random (then a PRNG ``key`` is required)."""
 
-    Raises:
-        TypeError, ValueError: as :func:`jfm.divergence_hutchinson`.
+    @abc.abstractmethod
+    def draw(self, key: PRNGKeyArray | None, shape: tuple[int, ...], dtype) -> Array | None:
+        """The probes ``(K, *shape)`` for one example (``None`` for a deterministic one)."""
+
+    @abc.abstractmethod
+    def terms(self, g, xf: Array, probe: Array | None) -> tuple[Array, Array]:
+        """``(g(xf), terms [K])``."""
+
+
+class ExactDivergence(AbstractDivergence):
+    """The exact divergence :func:`jfm.divergence_exact` as an estimator value.
+
+    Attributes:
+        chunk: basis vectors per vmapped chunk (``method="jvp"``), or ``None``.
+        method: ``"auto"``, ``"jvp"`` or ``"jacfwd"`` (see :func:`jfm.divergence_exact`).
 
     Examples:
         >>> import jax.numpy as jnp, jfm
-        >>> f = lambda t, x, args: jnp.array([[1.0, 2.0], [3.0, 4.0]]) @ x
-        >>> u = jnp.array([[1.0, 1.0], [1.0, -1.0]])  # u^T A u = 10 and 0: mean = tr A
-        >>> jfm.divergence_hutchinson_vjp(f, 0.5, jnp.ones(2), probe=u)
-        Array(5., dtype=float32)
+        >>> f = lambda t, x, args: 2.0 * x
+        >>> jfm.ExactDivergence()(f, 0.5, jnp.ones(3))
+        Array(6., dtype=float32)
     """
-    return _hutchinson(f, t, x, args, key, probes, noise, probe, return_stderr, "vjp")
+
+    chunk: int | None = eqx.field(default=None, static=True)
+    method: str = eqx.field(default="auto", static=True)
+
+    def __check_init__(self):
+        check_name(self.method, "method", _METHODS)
+        if self.chunk is not None:
+            check_int(self.chunk, "chunk")
+            if self.method == "jacfwd":
+                raise ValueError("`chunk` applies to method='jvp' only; got method='jacfwd'.")
+
+    @property
+    def num_terms(self) -> int:
+        return 1
+
+    @property
+    def needs_key(self) -> bool:
+        return False
+
+    def draw(self, key, shape, dtype):
+        return None
+
+    def terms(self, g, xf, probe):
+        method = _resolve_method(self.method, self.chunk, xf.shape[0])
+        out, div = _value_and_trace(g, xf, method, self.chunk)
+        return out, div.reshape(1)
+
+    def __call__(self, f: VectorField, t: RealScalarLike, x: ArrayLike, args: Args = None):
+        """``div f(t, x)`` of one example (as :func:`jfm.divergence_exact`)."""
+        return divergence_exact(f, t, x, args, chunk=self.chunk, method=self.method)
 
 
-__all__ = ["divergence_exact", "divergence_hutchinson", "divergence_hutchinson_vjp"]
+class HutchinsonDivergence(AbstractDivergence):
+    """Hutchinson's estimator :func:`jfm.divergence_hutchinson` as a value.
+
+    Attributes:
+        probes: ``K >= 1`` probes per estimate.
+        noise: ``"rademacher"`` (default: lower variance) or ``"gaussian"``.
+        method: ``"jvp"`` (forward mode, default) or ``"vjp"`` (reverse mode).
+
+    Examples:
+        >>> import jax.numpy as jnp, jax.random as jr, jfm
+        >>> f = lambda t, x, args: 2.0 * x
+        >>> est = jfm.HutchinsonDivergence(probes=4)
+        >>> est(f, 0.5, jnp.ones(3), key=jr.key(0))
+        Array(6., dtype=float32)
+    """
+
+    probes: int = eqx.field(default=1, static=True)
+    noise: str = eqx.field(default="rademacher", static=True)
+    method: str = eqx.field(default="jvp", static=True)
+
+    def __check_init__(self):
+        check_int(self.probes, "probes")
+        check_name(self.noise, "noise", _NOISES)
+        check_name(self.method, "method", _HUTCHINSON_METHODS)
+
+    @property
+    def num_terms(self) -> int:
+        return self.probes
+
+    @property
+    def needs_key(self) -> bool:
+        return True
+
+    def draw(self, key, shape, dtype):
+        return _draw_probes(key, self.probes, tuple(shape), self.noise, dtype)
+
+    def terms(self, g, xf, probe):
+        return _value_and_hutchinson_terms(g, xf, probe, self.method)
+
+    def __call__(
+        self,
+        f: VectorField,
+        t: RealScalarLike,
+        x: ArrayLike,
+        args: Args = None,
+        *,
+        key: PRNGKeyArray,
+        return_stderr: bool = False,
+    ):
+        """The estimate of ``div f(t, x)`` of one example (:func:`jfm.divergence_hutchinson`)."""
+        return divergence_hutchinson(
+            f, t, x, args, key=key, probes=self.probes, noise=self.noise,
+            return_stderr=return_stderr, method=self.method,
+        )  # fmt: skip
+
+
+def resolve_divergence(divergence) -> AbstractDivergence:
+    """An estimator value, or its name: ``"exact"`` or ``"hutchinson"`` (one probe)."""
+    if isinstance(divergence, AbstractDivergence):
+        return divergence
+    if isinstance(divergence, str):
+        check_name(divergence, "divergence", ("exact", "hutchinson"))
+        return ExactDivergence() if divergence == "exact" else HutchinsonDivergence()
+    raise TypeError(
+        "`divergence` must be an estimator, e.g. jfm.ExactDivergence() or "
+        f"jfm.HutchinsonDivergence(probes=4), or 'exact'/'hutchinson'; got {type(divergence)}."
+    )

@@ -1,5 +1,6 @@
 from .affine import AffinePath as AffinePath
 from .base import AbstractPath as AbstractPath
+from .bridge import SchrodingerBridgePath as SchrodingerBridgePath
 from .diffusion import DiffusionSDE as DiffusionSDE
 from .isotropic import (
     CDFReport as CDFReport,
@@ -16,5 +17,3 @@ from .schedule import (
     CustomSchedule as CustomSchedule,
     Polynomial as Polynomial,
 )
-
-from .bridge import SchrodingerBridgePath as SchrodingerBridgePath

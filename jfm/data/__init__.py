@@ -10,6 +10,8 @@ from ``.npz`` files (``load_npz``, never unpickling), ``uint8`` conversions and 
 from ._images import (
     digits as digits,
     from_unit_range as from_unit_range,
+    load_cifar10 as load_cifar10,
+    load_image_npz as load_image_npz,
     load_npz as load_npz,
     save_image_grid as save_image_grid,
     to_unit_range as to_unit_range,
@@ -25,5 +27,3 @@ from ._toy import (
     spirals as spirals,
     swiss_roll as swiss_roll,
 )
-
-from ._images import load_cifar10 as load_cifar10, load_image_npz as load_image_npz

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._checks import check_array, check_scalar, is_concrete
-from ._custom_types import Args, RealScalarLike, VectorField
+from .._checks import check_array, check_callable, check_scalar, is_concrete
+from .._custom_types import Args, RealScalarLike, VectorField
 
 
 class _GuidedField(eqx.Module):
@@ -89,7 +89,7 @@ def classifier_free_guidance(
     ``t = 0`` is noise) and the conditional field elsewhere. The field is then
     discontinuous in ``t`` at the edges; it exposes them as ``jump_ts``, which
     :func:`jfm.sample_ode` hands to the adaptive step-size controller (diffrax's
-    ``PIDController(jump_ts=...)``) so that steps end exactly at the edges rather than
+    ``ClipStepSizeController(jump_ts=...)``) so that steps end exactly at the edges rather than
     being rejected repeatedly across them.
 
     Each evaluation costs two evaluations of ``field`` (conditional and null). The
@@ -126,10 +126,7 @@ def classifier_free_guidance(
         "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality
         in Diffusion Models", NeurIPS 2024.
     """
-    if not callable(field):
-        raise TypeError(
-            f"`field` must be callable as field(t, x, args) -> dx/dt; got {type(field)}."
-        )
+    check_callable(field, "field")
     scale = check_scalar(scale, "scale")
     if isinstance(null_label, bool) or not isinstance(
         null_label, (numbers.Integral, np.ndarray, np.generic, jax.Array)
@@ -151,6 +148,3 @@ def classifier_free_guidance(
             )
         interval = (lo, hi)
     return _GuidedField(field, scale, null_label, interval)
-
-
-__all__ = ["classifier_free_guidance"]

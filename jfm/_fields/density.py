@@ -4,28 +4,16 @@ A field transform takes a per-example field ``v(t, x, args)`` and returns a new 
 the same signature, so it composes with :func:`jfm.sample_ode` and :func:`jfm.log_prob`.
 """
 
-import numbers
-
 import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_array, check_key, check_name
-from ._custom_types import Args, RealScalarLike, VectorField
-from ._divergence import (
-    _check_pos_int,
-    _check_t,
-    _draw_probes,
-    _resolve_method,
-    _value_and_hutchinson_terms,
-    _value_and_trace,
-)
-
-_NOISES: tuple[str, ...] = ("rademacher", "gaussian")
+from .._checks import check_array, check_callable, check_key, check_scalar
+from .._custom_types import Args, RealScalarLike, VectorField
+from .._divergence import AbstractDivergence, HutchinsonDivergence, check_t, resolve_divergence
 
 
 def _time_key(key, t):
@@ -39,13 +27,11 @@ class _DensityGuidedField(eqx.Module):
 
     field: VectorField
     scale: Float[Array, ""]
+    divergence: AbstractDivergence
     key: PRNGKeyArray | None
-    probes: int = eqx.field(static=True)
-    noise: str = eqx.field(static=True)
-    exact: bool = eqx.field(static=True)
 
     def __call__(self, t: RealScalarLike, x: ArrayLike, args: Args = None) -> Array:
-        t = _check_t(t)
+        t = check_t(t)
         x = check_array(x, "x")
         shape, dtype = x.shape, x.dtype
         field = self.field
@@ -58,19 +44,12 @@ class _DensityGuidedField(eqx.Module):
                 )
             return out.astype(dtype).reshape(-1)
 
-        if self.exact:
-            method = _resolve_method("auto", None, x.size)
+        key = None if self.key is None else _time_key(self.key, t)
+        probe = self.divergence.draw(key, shape, dtype)
 
-            def neg_div(y):
-                v, div = _value_and_trace(g, y, method, None)
-                return -div, v
-
-        else:
-            probe = _draw_probes(_time_key(self.key, t), self.probes, shape, self.noise, dtype)
-
-            def neg_div(y):
-                v, terms = _value_and_hutchinson_terms(g, y, probe, "jvp")
-                return -jnp.mean(terms), v
+        def neg_div(y):
+            v, terms = self.divergence.terms(g, y, probe)
+            return -jnp.mean(terms), v
 
         # Reverse over the forward-mode estimator: one backward pass through one
         # linearization, whatever D (no D backward passes); v rides along as aux.
@@ -82,10 +61,8 @@ def density_guidance(
     field: VectorField,
     scale: RealScalarLike,
     *,
+    divergence: AbstractDivergence | str = HutchinsonDivergence(),
     key: PRNGKeyArray | None = None,
-    probes: int = 1,
-    noise: str = "rademacher",
-    exact: bool = False,
 ) -> VectorField:
     r"""Density (mode-seeking) guidance: the field ``v + scale * grad_x(-div v)``.
 
@@ -102,9 +79,11 @@ def density_guidance(
 
     Estimators of ``grad(-div v)``:
 
-    - ``exact=True``: the gradient of :func:`jfm.divergence_exact` (about ``D`` tangent
-      passes plus their backward pass); for small ``D``.
-    - ``exact=False`` (default): the gradient of the forward-mode Hutchinson estimate
+    - ``divergence=jfm.ExactDivergence()`` (or ``"exact"``): the gradient of
+      :func:`jfm.divergence_exact` (about ``D`` tangent passes plus their backward pass);
+      for small ``D``.
+    - ``divergence=jfm.HutchinsonDivergence(probes=K)`` (default ``K = 1``): the gradient of
+      the forward-mode Hutchinson estimate
       ``-(1/K) sum_k u_k^T J u_k`` (:func:`jfm.divergence_hutchinson`): ``jax.grad``
       over one ``jax.linearize``, i.e. one forward, ``K`` batched tangent and one
       backward pass, whatever ``D``. Unbiased for ``grad(-div v)`` at each ``(t, x)``.
@@ -122,11 +101,10 @@ def density_guidance(
         field: per-example velocity field ``v(t, x, args) -> dx/dt``.
         scale: guidance weight ``s`` (a real scalar; traced, so changing it does not
             recompile).
-        key: PRNG key for the Hutchinson probes; required unless ``exact=True`` (where it
-            must be ``None``).
-        probes: Hutchinson probes ``K >= 1`` per evaluation.
-        noise: ``"rademacher"`` or ``"gaussian"``.
-        exact: use the exact divergence instead of Hutchinson.
+        divergence: the estimator of ``div v`` (:class:`jfm.HutchinsonDivergence`, default
+            one Rademacher probe, or :class:`jfm.ExactDivergence`), or its name.
+        key: PRNG key for a random estimator (required then; must be ``None`` for the
+            exact one).
 
     Returns:
         A per-example field ``f(t, x, args)`` (an :class:`equinox.Module`, so its arrays,
@@ -136,9 +114,9 @@ def density_guidance(
         (measured in ``benchmarks/divergence.py``).
 
     Raises:
-        TypeError: ``field`` not callable, ``scale`` not a real scalar, ``key`` missing
-            (Hutchinson) or not a key, ``probes`` not an int, ``exact`` not a bool.
-        ValueError: ``probes < 1``, unknown ``noise``, ``key`` given with ``exact=True``.
+        TypeError: ``field`` not callable, ``scale`` not a real scalar, ``divergence`` not
+            an estimator, ``key`` missing (random estimator) or not a key.
+        ValueError: ``key`` given with a deterministic estimator; unknown estimator name.
 
     Examples:
         >>> import jax.numpy as jnp, jax.random as jr, jfm
@@ -152,32 +130,14 @@ def density_guidance(
         Grathwohl, Chen, Bettencourt, Sutskever, Duvenaud, "FFJORD", ICLR 2019
         (Hutchinson's estimator in continuous normalizing flows).
     """
-    if not callable(field):
-        raise TypeError(
-            f"`field` must be callable as field(t, x, args) -> dx/dt; got {type(field)}."
-        )
-    if isinstance(scale, bool) or not isinstance(
-        scale, (numbers.Real, np.ndarray, np.generic, jax.Array)
-    ):
-        raise TypeError(f"`scale` must be a real scalar; got {type(scale)}.")
-    scale = jnp.asarray(scale)
-    if scale.shape != ():
-        raise ValueError(f"`scale` must be a scalar; got shape {scale.shape}.")
-    if not jnp.issubdtype(scale.dtype, jnp.floating):
-        scale = scale.astype(jnp.result_type(float))
-    if not isinstance(exact, bool):
-        raise TypeError(f"`exact` must be a bool; got {exact!r}.")
-    check_name(noise, "noise", _NOISES)
-    probes = _check_pos_int(probes, "probes")
-    if exact:
-        if key is not None:
-            raise ValueError(
-                "`key` is unused with exact=True (the exact divergence is deterministic); "
-                "pass key=None, or exact=False for Hutchinson guidance."
-            )
-    else:
+    check_callable(field, "field")
+    scale = check_scalar(scale, "scale")
+    divergence = resolve_divergence(divergence)
+    if divergence.needs_key:
         check_key(key)
-    return _DensityGuidedField(field, scale, key, probes, noise, exact)
-
-
-__all__ = ["density_guidance"]
+    elif key is not None:
+        raise ValueError(
+            "`key` is unused with a deterministic estimator (the exact divergence); pass "
+            "key=None, or divergence=jfm.HutchinsonDivergence() for Hutchinson guidance."
+        )
+    return _DensityGuidedField(field, scale, divergence, key)

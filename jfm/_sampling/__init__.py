@@ -1,0 +1,14 @@
+"""Sampling: the integrate core and every sampler built on it."""
+
+from .base import (
+    AbstractCountedSolver as AbstractCountedSolver,
+    Solution as Solution,
+)
+from .langevin import (
+    PredictorCorrector as PredictorCorrector,
+    langevin as langevin,
+    sample_pc as sample_pc,
+)
+from .likelihood import bits_per_dim as bits_per_dim, log_prob as log_prob
+from .ode import sample_ode as sample_ode
+from .sde import sample_sde as sample_sde
