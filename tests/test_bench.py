@@ -199,6 +199,11 @@ def test_bad_input(gaussian, order_records):
         jfm.bench.gaussian_problem(MEAN, COV, PATH, gaussian.x0, logp_points=jnp.zeros((2, 3)))
     with raises_arg(TypeError, "steps"):
         jfm.bench.solver_sweep(gaussian, [dfx.Euler()], steps=[4.0])
+    g = jfm.GaussianMixture(MEAN[None], COV[None], jnp.ones((1,)))
+    with raises_arg(ValueError, "x0"):  # checked before the reference solve
+        jfm.bench.mixture_problem(g, PATH, jnp.zeros((2, 3)), ref_rtol=1e-12, ref_atol=1e-12)
+    with raises_arg(TypeError, "gmm"):
+        jfm.bench.mixture_problem(None, PATH, gaussian.x0, ref_rtol=1e-12, ref_atol=1e-12)
     with raises_arg(ValueError, "reference.x1"):
         jfm.bench.Problem("p", gaussian.field, jnp.zeros((3, 2)), gaussian.reference)
     with raises_arg(ValueError, "logp_points"):

@@ -155,7 +155,8 @@ def _check_times(t0: float, t1: float) -> tuple[float, float]:
 
 
 # The set-up maths below runs once per problem; compiled as one program it costs one
-# compilation instead of one per eager operation (about 5x faster on a 2-core CPU).
+# compilation instead of one per eager operation (gaussian_problem on 16 2-D points with
+# 4 likelihood points, fresh process, 2 shared cores: 7.4 s eager, 2.7 s compiled).
 @eqx.filter_jit
 def _marginal_log_prob(gmm: GaussianMixture, path: AffinePath, t: float, x: Array) -> Array:
     """``log p_t(x_i)`` of the mixture's marginal at ``t``, per row of ``x [M, D]``."""
@@ -170,6 +171,17 @@ def _gaussian_endpoints(
     return jax.vmap(lambda x: gaussian_flow(mean, cov, path, x, t0, t1))(x0)
 
 
+def _check_event(gmm: GaussianMixture, x0: Array, logp_points) -> None:
+    # The annotations' `_D` leaves this check to the code: a ValueError naming the argument.
+    (d,) = gmm.event_shape
+    for name, x in (("x0", x0), ("logp_points", logp_points)):
+        if x is not None and jnp.shape(x)[1:] != (d,):
+            raise ValueError(
+                f"`{name}` must have shape [*, D] with D = {d}, the data dimension; got "
+                f"{name}.shape={jnp.shape(x)}."
+            )
+
+
 def _logp_parts(gmm: GaussianMixture, path: AffinePath, logp_points, t0: float, t1: float):
     """Points, their exact ``log p_{t1}`` and the exact ``log p_{t0}``, or three ``None``."""
     if logp_points is None:
@@ -181,13 +193,13 @@ def _logp_parts(gmm: GaussianMixture, path: AffinePath, logp_points, t0: float, 
 def mixture_problem(
     gmm: GaussianMixture,
     path: AffinePath,
-    x0: Float[ArrayLike, " batch D"],
+    x0: Float[ArrayLike, " batch _D"],
     *,
     ref_rtol: RealScalarLike,
     ref_atol: RealScalarLike,
     t0: float = 0.0,
     t1: float = 1.0,
-    logp_points: Float[ArrayLike, " M D"] | None = None,
+    logp_points: Float[ArrayLike, " M _D"] | None = None,
     name: str | None = None,
 ) -> Problem:
     r"""The exact marginal velocity of a Gaussian mixture under ``path``, with references.
@@ -217,7 +229,8 @@ def mixture_problem(
     Raises:
         TypeError: ``gmm`` not a :class:`jfm.GaussianMixture`, ``path`` not a
             :class:`jfm.AffinePath`, non-array ``x0``.
-        ValueError: ``x0`` not of rank 2 or not float64; times outside ``0 <= t0 < t1 <= 1``.
+        ValueError: ``x0`` or ``logp_points`` not ``[*, D]`` with ``D`` the mixture's
+            dimension; ``x0`` not float64; times outside ``0 <= t0 < t1 <= 1``.
     """
     if not isinstance(gmm, GaussianMixture):
         raise TypeError(f"`gmm` must be a jfm.GaussianMixture; got {type(gmm)}.")
@@ -225,6 +238,7 @@ def mixture_problem(
         raise TypeError(f"`path` must be a jfm.AffinePath; got {type(path)}.")
     t0, t1 = _check_times(t0, t1)
     x0 = check_array(x0, "x0", ndim=2)
+    _check_event(gmm, x0, logp_points)
     field = gmm.velocity_field(path)
     ref = reference_solution(field, x0, rtol=ref_rtol, atol=ref_atol, t0=t0, t1=t1)
     pts, exact, prior = _logp_parts(gmm, path, logp_points, t0, t1)
@@ -272,16 +286,7 @@ def gaussian_problem(
     x0 = check_array(x0, "x0", ndim=2)
     mean = check_array(mean, "mean", ndim=1)
     gmm = GaussianMixture(mean[None], check_array(cov, "cov", ndim=2)[None], jnp.ones((1,)))
-    if gmm.event_shape != (x0.shape[1],):
-        raise ValueError(
-            f"`x0` must have shape [B, D] with D = mean.shape[0] = {mean.shape[0]}; got "
-            f"x0.shape={x0.shape}."
-        )
-    if logp_points is not None and jnp.shape(logp_points)[1:] != gmm.event_shape:
-        raise ValueError(
-            f"`logp_points` must have shape [M, D] with D = mean.shape[0] = {mean.shape[0]}; "
-            f"got logp_points.shape={jnp.shape(logp_points)}."
-        )
+    _check_event(gmm, x0, logp_points)
     x1 = _gaussian_endpoints(gmm.means[0], gmm.covs[0], path, x0, t0, t1)
     ref = Reference(
         x1=x1,

@@ -109,9 +109,11 @@ def solver_sweep(
         A list of :class:`SweepRecord`, solver by solver, fixed steps then tolerances.
 
     Raises:
-        TypeError: ``problem`` or ``solvers`` of the wrong type.
-        ValueError: nothing to sweep, non-positive steps or tolerances, ``repeat < 1``,
-            unknown ``batch``.
+        TypeError: ``problem`` or ``solvers`` of the wrong type; ``steps`` or
+            ``tolerances`` not a list/tuple; a step count, ``repeat`` or ``max_steps``
+            that is not an int.
+        ValueError: nothing to sweep, no solvers, non-positive steps or tolerances,
+            ``repeat < 1``, unknown ``batch``, ``steps`` beyond ``max_steps``.
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"`problem` must be a jfm.bench.Problem; got {type(problem)}.")
