@@ -1,4 +1,4 @@
-"""Solver accuracy and work-precision on fields with known answers (issue 8, part 1).
+"""Solver accuracy and work-precision on fields with known answers.
 
 Fields: the exact marginal velocity of a Gaussian mixture (``jfm.GaussianMixture(...)
 .velocity_field(path)``) in 2-D and in D = 64 under the CondOT, cosine and VP paths, and

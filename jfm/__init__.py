@@ -7,7 +7,7 @@ private modules and this file only re-exports. ``jfm.models`` (networks), ``jfm.
 """
 
 # isort: off
-from . import bench as bench, data as data, metrics as metrics, models as models
+from . import data as data, metrics as metrics, models as models
 
 # -- probability paths and schedules ------------------------------------------------------
 from ._paths import (
@@ -112,6 +112,10 @@ from ._distributed import (
     sharded_batch_fn as sharded_batch_fn,
     state_sharding as state_sharding,
 )
+
+# -- solver accuracy: last, it samples through the public jfm.sample_ode / jfm.log_prob ----
+from . import bench as bench
+
 # isort: on
 
 __version__ = "0.1.0"

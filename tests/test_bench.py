@@ -25,7 +25,7 @@ def gaussian():
     """A Gaussian-to-Gaussian problem with closed-form reference and likelihood check."""
     x0 = jr.normal(jr.key(0), (16, 2), jnp.float64)
     g = jfm.GaussianMixture(MEAN[None], COV[None], jnp.ones((1,)))
-    pts = g.sample(4, key=jr.key(1))
+    pts = jax.jit(lambda key: g.sample(4, key=key))(jr.key(1))  # one compile, not per op
     return jfm.bench.gaussian_problem(MEAN, COV, PATH, x0, logp_points=pts)
 
 
@@ -77,6 +77,29 @@ def test_known_orders(order_records, gaussian):
         assert r.err_rms <= r.err_max
         assert r.time_s > 0 and r.compile_s >= r.time_s
     assert all(math.isnan(r.logp_err_max) for r in order_records)  # log_likelihood=False
+
+
+def test_rk4_dense_output():
+    # Dense output (SaveAt(ts)) of the RK4 between the steps, against the closed-form
+    # flow: cubic Hermite through the step ends and the first/last stage keeps order 4.
+    u = jfm.GaussianMixture(MEAN[None], COV[None], jnp.ones((1,))).velocity_field(PATH)
+    x0 = jnp.array([0.3, -1.2])
+
+    @jax.jit
+    def dense(dt0, ts):  # one compilation for every N (dt0 and ts are traced)
+        term = dfx.ODETerm(u)
+        sol = dfx.diffeqsolve(
+            term, jfm.bench.RK4(), 0.0, 1.0, dt0, x0, saveat=dfx.SaveAt(ts=ts), max_steps=64
+        )
+        exact = jax.vmap(lambda t: jfm.bench.gaussian_flow(MEAN, COV, PATH, x0, 0.0, t))(ts)
+        return jnp.max(jnp.linalg.norm(sol.ys - exact, axis=1))
+
+    ns = [8, 16, 32, 64]
+    # 8 mid-step times per N: the same place within a step at every N.
+    errs = [float(dense(1.0 / n, jnp.asarray((np.arange(0, n, n // 8) + 0.5) / n))) for n in ns]
+    p, used = jfm.bench.fit_order(ns, errs)
+    assert used == 4 and abs(p - 4) < 0.3, (p, errs)  # seen: 4.09 (pre-asymptotic at N=8)
+    assert errs[-1] < 1e-7  # h = 1/64 on an O(1) smooth flow (seen: 2.1e-8)
 
 
 def test_log_likelihood_error(gaussian):
@@ -172,6 +195,15 @@ def test_bad_input(gaussian, order_records):
         jfm.bench.gaussian_problem(MEAN, COV, PATH, jnp.zeros((2, 2)), t0=1.0, t1=0.5)
     with raises_arg(ValueError, "x0"):
         jfm.bench.gaussian_problem(MEAN, COV, PATH, jnp.zeros((2, 3)))
+    with raises_arg(ValueError, "logp_points"):
+        jfm.bench.gaussian_problem(MEAN, COV, PATH, gaussian.x0, logp_points=jnp.zeros((2, 3)))
+    with raises_arg(TypeError, "steps"):
+        jfm.bench.solver_sweep(gaussian, [dfx.Euler()], steps=[4.0])
+    g = jfm.GaussianMixture(MEAN[None], COV[None], jnp.ones((1,)))
+    with raises_arg(ValueError, "x0"):  # checked before the reference solve
+        jfm.bench.mixture_problem(g, PATH, jnp.zeros((2, 3)), ref_rtol=1e-12, ref_atol=1e-12)
+    with raises_arg(TypeError, "gmm"):
+        jfm.bench.mixture_problem(None, PATH, gaussian.x0, ref_rtol=1e-12, ref_atol=1e-12)
     with raises_arg(ValueError, "reference.x1"):
         jfm.bench.Problem("p", gaussian.field, jnp.zeros((3, 2)), gaussian.reference)
     with raises_arg(ValueError, "logp_points"):
