@@ -199,7 +199,7 @@ def _sample(
         field, x0 = jfm.replicate(field, mesh), jfm.shard_batch(x0, mesh)
     t1 = 1.0 - 1e-3 if cfg["path"] == "vp" else 1.0  # VP's velocity is singular at t=1
     kw = dict(steps=steps) if steps else dict(rtol=rtol, atol=atol)
-    return jfm.sample_ode(field, x0, solver=_solver(solver), t1=t1, save_at=save_at, **kw)
+    return jfm.sample_ode(field, x0, solver=_solver(solver), t1=t1, saveat=save_at, **kw)
 
 
 def _plot_2d(ax, x, title, **kw):
