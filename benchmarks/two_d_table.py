@@ -250,7 +250,7 @@ def main():
     write_outputs(args, results, floors, samples, time.time() - t_start)
 
 
-PUBLISHED = {  # Tong et al. 2024 (TMLR / AISTATS companion), as quoted in issue 5
+PUBLISHED = {  # Tong et al. 2024 (TMLR / AISTATS companion), as published
     ("N->8gaussians", "OT-CFM", "w2"): 0.303,
     ("moons->8gaussians", "OT-CFM", "w2"): 0.601,
     ("N->moons", "OT-CFM", "w2"): 0.130,
