@@ -551,3 +551,108 @@ def finite_per_batch(x, batch):
 
 def solution(x1, success, result, stats, ts=None, xs=None, **extra) -> Solution:
     return Solution(x1=x1, success=success, result=result, ts=ts, xs=xs, **stats, **extra)
+
+
+# -- set-up and run: what every sampler shares ------------------------------------------
+
+
+class Setup(eqx.Module):
+    """A checked solve: its interval (in the direction of integration), step control,
+    saved times and noise."""
+
+    t_start: Array
+    t_end: Array
+    control: StepControl
+    subs: object = None
+    save_ts: Array | None = None
+    noise: Noise | None = None
+
+
+def setup(
+    solver,
+    x,
+    *,
+    steps=None,
+    rtol=None,
+    atol=None,
+    ts=None,
+    stepsize_controller=None,
+    dt0=None,
+    t0=None,
+    t1=None,
+    saveat=None,
+    jump_ts=None,
+    max_steps: int,
+    forward_only: bool = False,
+    reverse: bool = False,
+    can_adapt: bool | None = None,
+    adapt_hint: str = "dfx.Heun(), dfx.Tsit5() or dfx.Dopri5()",
+) -> Setup:
+    """Check the interval, step control and ``saveat`` of a solve of the batch ``x``.
+
+    ``reverse``: integrate from ``t1`` back to ``t0`` (a grid ``ts`` is still given from
+    ``t0`` to ``t1``).
+    """
+    t0, t1, ts = check_interval(t0, t1, ts, x.dtype, forward_only=forward_only)
+    start, end = (t1, t0) if reverse else (t0, t1)
+    if ts is not None and reverse:
+        ts = ts[::-1]
+    control = step_control(
+        solver,
+        steps=steps,
+        rtol=rtol,
+        atol=atol,
+        ts=ts,
+        dt0=dt0,
+        stepsize_controller=stepsize_controller,
+        jump_ts=jump_ts,
+        max_steps=max_steps,
+        t_start=start,
+        t_end=end,
+        dtype=x.dtype,
+        can_adapt=can_adapt,
+        adapt_hint=adapt_hint,
+    )
+    subs, save_ts = saveat_subs(saveat, start, end, x.dtype)
+    return Setup(start, end, control, subs, save_ts)
+
+
+@eqx.filter_jit
+def run(
+    field,
+    x,
+    key,
+    args,
+    plan: Setup,
+    *,
+    solver,
+    batch: str,
+    max_steps: int,
+    throw: bool,
+    adjoint,
+    who: str,
+    hint: str = "",
+    joint_field=None,
+) -> Solution:
+    """Integrate ``field`` for the batch ``x`` as planned and report: one compiled solve."""
+    x1, ts, xs, stats, result = integrate(
+        field,
+        x,
+        plan.t_start,
+        plan.t_end,
+        args,
+        plan.control,
+        key,
+        solver=solver,
+        batch=batch,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        saveat=plan.subs,
+        noise=plan.noise,
+        joint_field=joint_field,
+    )
+    finite = finite_per_batch(x1, "joint" if joint_field is not None else batch)
+    x1, success = finish(x1, result, finite, throw=throw, who=who, nonfinite_hint=hint)
+    return solution(
+        x1, success, result, stats, plan.save_ts if plan.save_ts is not None else ts, xs
+    )

@@ -27,26 +27,14 @@ from .._checks import (
 )
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._misc import sample_flat
-from .base import (
-    AbstractCountedSolver,
-    Noise,
-    Solution,
-    check_common,
-    check_interval,
-    finish,
-    finite_per_batch,
-    integrate,
-    solution,
-    step_control,
-)
+from .base import AbstractCountedSolver, Noise, Solution, check_common, run, setup
 from .sde import (
     Diffusion,
     MarginalDrift,
-    brownian_noise,
     call_field,
     check_diffusion,
-    check_fields,
     diffusion_vf,
+    with_brownian_noise,
 )
 
 
@@ -136,8 +124,6 @@ def langevin(
     dtype = x0.dtype
     steps = check_int(steps, "steps", 1)
     check_common(batch, throw, steps, None)
-    # UnsafeBrownianPath supports forward-mode differentiation only.
-    adjoint = dfx.ForwardMode()
     t = check_scalar_time(t).astype(dtype)
     if (step_size is None) == (diffusion is None):
         raise ValueError(
@@ -161,53 +147,24 @@ def langevin(
             )
         g = check_positive(diffusion, "diffusion", dtype)
         h = check_positive(dt, "dt", dtype)
-    zero = jnp.zeros((), dtype)
-    control = step_control(
-        dfx.Euler(),
-        steps=steps,
-        rtol=None,
-        atol=None,
-        ts=None,
-        dt0=None,
-        stepsize_controller=None,
-        jump_ts=None,
-        max_steps=steps,
-        t_start=zero,
-        t_end=h * steps,
-        dtype=dtype,
+    plan = setup(dfx.Euler(), x0, steps=steps, t0=0.0, t1=h * steps, max_steps=steps)
+    plan = eqx.tree_at(
+        lambda p: p.noise, plan, Noise(diffusion_vf, _unsafe_brownian), is_leaf=lambda v: v is None
     )
-    noise = Noise(diffusion_vf, _unsafe_brownian)
-    return _langevin(
-        _LangevinDrift(score, t, Diffusion(None, g)), x0, key, h * steps, args, control, noise,
-        batch=batch, steps=steps, throw=throw, adjoint=adjoint,
-    )  # fmt: skip
-
-
-@eqx.filter_jit
-def _langevin(drift, x0, key, t_end, args, control, noise, *, batch, steps, throw, adjoint):
-    x1, _, _, stats, result = integrate(
-        drift,
+    return run(
+        _LangevinDrift(score, t, Diffusion(None, g)),
         x0,
-        jnp.zeros((), x0.dtype),
-        t_end,
-        args,
-        control,
         key,
+        args,
+        plan,
         solver=dfx.Euler(),
         batch=batch,
         max_steps=steps,
-        adjoint=adjoint,
-        noise=noise,
-    )
-    x1, success = finish(
-        x1,
-        result,
-        finite_per_batch(x1, batch),
         throw=throw,
+        adjoint=dfx.ForwardMode(),  # UnsafeBrownianPath supports forward mode only
         who="jfm.langevin",
-        nonfinite_hint="the step is too large for the score",
+        hint="the step is too large for the score",
     )
-    return solution(x1, success, result, stats)
 
 
 # -- predictor-corrector ---------------------------------------------------------------
@@ -347,62 +304,29 @@ def sample_pc(
         Song et al., "Score-Based Generative Modeling through Stochastic Differential
         Equations", ICLR 2021, Algorithms 2-5.
     """
-    check_fields(velocity, score)
+    check_callable(velocity, "velocity")
     check_callable(score, "score")
     check_key(key)
     x0 = check_batch(x0, "x0")
-    dtype = x0.dtype
-    t0, t1, _ = check_interval(t0, t1, None, dtype, forward_only=True)
-    g = check_diffusion(diffusion, t0, t1, dtype)
     steps = check_int(steps, "steps", 1)
     corrector_steps = check_int(corrector_steps, "corrector_steps", 0)
-    snr = check_positive(snr, "snr", dtype)
     check_bool(throw, "throw")
-    control = step_control(
-        dfx.Euler(),
-        steps=steps,
-        rtol=None,
-        atol=None,
-        ts=None,
-        dt0=None,
-        stepsize_controller=None,
-        jump_ts=None,
-        max_steps=steps,
-        t_start=t0,
-        t_end=t1,
-        dtype=dtype,
-    )
-    noise = brownian_noise(dfx.Euler(), brownian_tol, control, t0, t1, dtype)
-    solver = PredictorCorrector(score, snr, jr.fold_in(key, 1), corrector_steps)
-    drift = _JointDrift(MarginalDrift(velocity, score, g))
-    return _sample_pc(
-        drift, x0, key, t0, t1, args, control, noise, solver=solver, steps=steps, throw=throw
-    )
-
-
-@eqx.filter_jit
-def _sample_pc(drift, x0, key, t0, t1, args, control, noise, *, solver, steps, throw):
-    x1, _, _, stats, result = integrate(
+    plan = setup(dfx.Euler(), x0, steps=steps, t0=t0, t1=t1, max_steps=steps, forward_only=True)
+    plan = with_brownian_noise(plan, dfx.Euler(), brownian_tol)
+    g = check_diffusion(diffusion, plan.t_start, plan.t_end, x0.dtype)
+    snr = check_positive(snr, "snr", x0.dtype)
+    return run(
         None,
         x0,
-        t0,
-        t1,
-        args,
-        control,
         key,
-        solver=solver,
+        args,
+        plan,
+        solver=PredictorCorrector(score, snr, jr.fold_in(key, 1), corrector_steps),
         batch="joint",
         max_steps=steps,
-        adjoint=dfx.RecursiveCheckpointAdjoint(),
-        noise=noise,
-        joint_field=drift,
-    )
-    x1, success = finish(
-        x1,
-        result,
-        finite_per_batch(x1, "joint"),
         throw=throw,
+        adjoint=dfx.RecursiveCheckpointAdjoint(),
         who="jfm.sample_pc",
-        nonfinite_hint="a field blows up or the step (or snr) is too large",
+        hint="a field blows up or the step (or snr) is too large",
+        joint_field=_JointDrift(MarginalDrift(velocity, score, g)),
     )
-    return solution(x1, success, result, stats)

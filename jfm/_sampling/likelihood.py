@@ -25,16 +25,7 @@ from .._custom_types import Args, RealScalarLike, VectorField
 from .._divergence import AbstractDivergence, resolve_divergence
 from .._misc import sample_flat
 from .._paths import AbstractPath
-from .base import (
-    Solution,
-    check_common,
-    check_interval,
-    check_solver,
-    finish,
-    integrate,
-    solution,
-    step_control,
-)
+from .base import Solution, check_common, check_solver, finish, integrate, setup, solution
 
 
 class _Augmented(eqx.Module):
@@ -201,30 +192,28 @@ def log_prob(
     if divergence.needs_key:
         check_key(key)
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
-    t0, t1, ts = check_interval(t0, t1, ts, dtype, forward_only=True)
-    control = step_control(
+    plan = setup(
         solver,
+        x,
         steps=steps,
         rtol=rtol,
         atol=atol,
-        ts=None if ts is None else ts[::-1],
-        dt0=dt0,
+        ts=ts,
         stepsize_controller=stepsize_controller,
-        jump_ts=None,
+        dt0=dt0,
+        t0=t0,
+        t1=t1,
         max_steps=max_steps,
-        t_start=t1,
-        t_end=t0,
-        dtype=dtype,
+        forward_only=True,
+        reverse=True,
     )
     aug = _Augmented(field, divergence, tuple(x.shape[1:]))
     return _log_prob(
         aug,
         x,
-        t0,
-        t1,
         args,
         key if divergence.needs_key else None,
-        control,
+        plan,
         prior,
         solver=solver,
         batch=batch,
@@ -235,9 +224,7 @@ def log_prob(
 
 
 @eqx.filter_jit
-def _log_prob(
-    aug, x, t0, t1, args, key, control, prior, *, solver, batch, max_steps, throw, adjoint
-):
+def _log_prob(aug, x, args, key, plan, prior, *, solver, batch, max_steps, throw, adjoint):
     b, dtype = x.shape[0], x.dtype
     d, k = math.prod(aug.event_shape), aug.divergence.num_terms
     probe = None
@@ -249,10 +236,10 @@ def _log_prob(
     y1, _, _, stats, result = integrate(
         aug,
         y0,
-        t1,
-        t0,
+        plan.t_start,
+        plan.t_end,
         args if probe is not None else (args, None),  # the field takes (args, probe)
-        control,
+        plan.control,
         solver=solver,
         batch=batch,
         max_steps=max_steps,

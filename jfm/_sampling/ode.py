@@ -1,23 +1,11 @@
 """Sampling by ODE integration: ``dx/dt = field(t, x, args)`` on the integrate core."""
 
 import diffrax as dfx
-import equinox as eqx
 from jaxtyping import ArrayLike, Float
 
 from .._checks import check_batch, check_callable
 from .._custom_types import Args, RealScalarLike, VectorField
-from .base import (
-    Solution,
-    check_common,
-    check_interval,
-    check_solver,
-    finish,
-    finite_per_batch,
-    integrate,
-    saveat_subs,
-    solution,
-    step_control,
-)
+from .base import Solution, check_common, check_solver, run, setup
 
 
 def sample_ode(
@@ -126,59 +114,32 @@ def sample_ode(
     check_solver(solver)
     check_callable(field, "field")
     x0 = check_batch(x0, "x0")
-    dtype = x0.dtype
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
-    t0, t1, ts = check_interval(t0, t1, ts, dtype)
-    if jump_ts is None:
-        jump_ts = getattr(field, "jump_ts", None)
-    control = step_control(
+    plan = setup(
         solver,
+        x0,
         steps=steps,
         rtol=rtol,
         atol=atol,
         ts=ts,
-        dt0=dt0,
         stepsize_controller=stepsize_controller,
-        jump_ts=jump_ts,
+        dt0=dt0,
+        t0=t0,
+        t1=t1,
+        saveat=saveat,
+        jump_ts=getattr(field, "jump_ts", None) if jump_ts is None else jump_ts,
         max_steps=max_steps,
-        t_start=t0,
-        t_end=t1,
-        dtype=dtype,
     )
-    subs, save_ts = saveat_subs(saveat, t0, t1, dtype)
-    return _sample_ode(
+    return run(
         field,
         x0,
-        t0,
-        t1,
+        None,
         args,
-        control,
-        subs,
-        save_ts,
+        plan,
         solver=solver,
         batch=batch,
         max_steps=max_steps,
         throw=throw,
         adjoint=adjoint,
+        who="jfm.sample_ode",
     )
-
-
-@eqx.filter_jit
-def _sample_ode(
-    field, x0, t0, t1, args, control, subs, save_ts, *, solver, batch, max_steps, throw, adjoint
-):
-    x1, ts, xs, stats, result = integrate(
-        field,
-        x0,
-        t0,
-        t1,
-        args,
-        control,
-        solver=solver,
-        batch=batch,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        saveat=subs,
-    )
-    x1, success = finish(x1, result, finite_per_batch(x1, batch), throw=throw, who="jfm.sample_ode")
-    return solution(x1, success, result, stats, save_ts if save_ts is not None else ts, xs)

@@ -25,19 +25,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from .._checks import check_batch, check_callable, check_key, check_positive, is_concrete
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._paths import AffinePath
-from .base import (
-    Noise,
-    Solution,
-    check_common,
-    check_interval,
-    check_solver,
-    finish,
-    finite_per_batch,
-    integrate,
-    saveat_subs,
-    solution,
-    step_control,
-)
+from .base import Noise, Setup, Solution, check_common, check_solver, run, setup
 
 #: Default resolution of the Brownian tree for adaptive steps, relative to ``t1 - t0``.
 _BROWNIAN_TOL = 2.0**-12
@@ -166,15 +154,24 @@ class BrownianTree(eqx.Module):
         )
 
 
-def brownian_noise(solver, brownian_tol, control, t0, t1, dtype) -> Noise:
-    """The tree's noise: tolerance given, else the step (fixed steps) or ``(t1-t0)/4096``."""
+NONFINITE_SDE = (
+    "a field blows up (e.g. a score from a velocity where sigma(t) = 0: end at t1 < 1 or "
+    "let g(t) vanish there), or the step is too large"
+)
+
+
+def with_brownian_noise(plan: Setup, solver, brownian_tol) -> Setup:
+    """``plan`` with the tree's noise: its tolerance given, else the step (fixed steps) or
+    ``(t1 - t0) / 4096``."""
+    control, dtype = plan.control, plan.t_start.dtype
     if brownian_tol is not None:
         tol = check_positive(brownian_tol, "brownian_tol", dtype)
     elif isinstance(control.controller, dfx.ConstantStepSize) and control.dt0 is not None:
         tol = jnp.abs(control.dt0)
     else:
-        tol = (t1 - t0) * _BROWNIAN_TOL
-    return Noise(diffusion_vf, BrownianTree(tol, levy_area(solver)))
+        tol = (plan.t_end - plan.t_start) * _BROWNIAN_TOL
+    noise = Noise(diffusion_vf, BrownianTree(tol, levy_area(solver)))
+    return eqx.tree_at(lambda p: p.noise, plan, noise, is_leaf=lambda v: v is None)
 
 
 def sample_sde(
@@ -274,88 +271,37 @@ def sample_sde(
     check_fields(velocity, score)
     check_key(key)
     x0 = check_batch(x0, "x0")
-    dtype = x0.dtype
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
-    t0, t1, ts = check_interval(t0, t1, ts, dtype, forward_only=True)
-    g = check_diffusion(diffusion, t0, t1, dtype)
-    control = step_control(
+    plan = setup(
         solver,
+        x0,
         steps=steps,
         rtol=rtol,
         atol=atol,
         ts=ts,
-        dt0=dt0,
         stepsize_controller=stepsize_controller,
-        jump_ts=None,
+        dt0=dt0,
+        t0=t0,
+        t1=t1,
+        saveat=saveat,
         max_steps=max_steps,
-        t_start=t0,
-        t_end=t1,
-        dtype=dtype,
+        forward_only=True,
         can_adapt=_can_adapt(solver),
         adapt_hint="dfx.ShARK(), dfx.SRA1(), dfx.SPaRK() or dfx.Heun()",
     )
-    noise = brownian_noise(solver, brownian_tol, control, t0, t1, dtype)
-    subs, save_ts = saveat_subs(saveat, t0, t1, dtype)
-    return _sample_sde(
+    plan = with_brownian_noise(plan, solver, brownian_tol)
+    g = check_diffusion(diffusion, plan.t_start, plan.t_end, x0.dtype)
+    return run(
         MarginalDrift(velocity, score, g),
         x0,
         key,
-        t0,
-        t1,
         args,
-        control,
-        noise,
-        subs,
-        save_ts,
+        plan,
         solver=solver,
         batch=batch,
         max_steps=max_steps,
         throw=throw,
         adjoint=adjoint,
-    )
-
-
-@eqx.filter_jit
-def _sample_sde(
-    drift,
-    x0,
-    key,
-    t0,
-    t1,
-    args,
-    control,
-    noise,
-    subs,
-    save_ts,
-    *,
-    solver,
-    batch,
-    max_steps,
-    throw,
-    adjoint,
-):
-    x1, ts, xs, stats, result = integrate(
-        drift,
-        x0,
-        t0,
-        t1,
-        args,
-        control,
-        key,
-        solver=solver,
-        batch=batch,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        saveat=subs,
-        noise=noise,
-    )
-    x1, success = finish(
-        x1,
-        result,
-        finite_per_batch(x1, batch),
-        throw=throw,
         who="jfm.sample_sde",
-        nonfinite_hint="a field blows up (e.g. a score from a velocity where sigma(t) = 0: "
-        "end at t1 < 1 or let g(t) vanish there), or the step is too large",
+        hint=NONFINITE_SDE,
     )
-    return solution(x1, success, result, stats, save_ts if save_ts is not None else ts, xs)
