@@ -1,4 +1,4 @@
-"""Tests for the training pieces (jfm/_train.py): TrainState, train_step, fit, checkpoints."""
+"""Tests for the training pieces (jfm/_train/): TrainState, train_step, fit, checkpoints."""
 
 import functools
 import os
