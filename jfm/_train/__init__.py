@@ -1,12 +1,12 @@
 """Training: the state, the pure step factory, the fit loop and its checkpoints.
 
 One concept per file: :mod:`.state` (``TrainState``, ``init_train_state``), :mod:`.step`
-(``make_train_step``, ``scan_train_step``), :mod:`.fit` (the loop) and
+(``make_train_step``, ``scan_train_step``), :mod:`.loop` (``fit``, the loop) and
 :mod:`.checkpoint` (orbax I/O). This file only re-exports.
 """
 
 from .checkpoint import latest_step as latest_step, restore_checkpoint as restore_checkpoint
-from .fit import fit as fit
+from .loop import fit as fit
 from .state import TrainState as TrainState, init_train_state as init_train_state
 from .step import make_train_step as make_train_step, scan_train_step as scan_train_step
 
