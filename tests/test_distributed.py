@@ -15,6 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jfm
 
+from .helpers import raises_arg
+
 N_DEV = 8
 pytestmark = pytest.mark.skipif(
     jax.device_count() < N_DEV, reason="needs 8 (fake CPU) devices: see tests/conftest.py"
@@ -153,7 +155,7 @@ def test_sharded_sampling_and_log_prob_equal_single_device():
     lp = log_prob(field, ref)
     assert lp.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 1)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_ref), rtol=RTOL)
-    with pytest.raises(ValueError, match="divisible"):
+    with raises_arg(ValueError, "batch", "divisible"):
         sample(field, x0[:12])
 
 
@@ -175,22 +177,53 @@ def test_fit_with_sharded_step_restores_shardings(tmp_path):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="`devices`"):
+    with raises_arg(ValueError, "devices"):
         jfm.distributed.data_mesh(0)
-    with pytest.raises(ValueError, match="`devices`"):
+    with raises_arg(ValueError, "devices"):
         jfm.distributed.data_mesh(jax.device_count() + 1)
+    with raises_arg(ValueError, "devices", "at least one"):
+        jfm.distributed.data_mesh([])
+    with raises_arg(TypeError, "devices"):
+        jfm.distributed.data_mesh([0, 1])
+    with raises_arg(TypeError, "axis"):
+        jfm.distributed.data_mesh(2, axis="")
     mesh = jfm.distributed.data_mesh()
-    with pytest.raises(ValueError, match="divisible by the 8 devices"):
+    with raises_arg(ValueError, "batch", "divisible by the 8 devices"):
         jfm.distributed.shard_batch(jnp.zeros((6, 2)), mesh)
-    with pytest.raises(ValueError, match="divisible"):
+    with raises_arg(ValueError, "batch_fn output", "divisible"):
         jfm.distributed.sharded_batch_fn(lambda k: jnp.zeros((4, 2)), mesh)(jr.key(0))
-    with pytest.raises(TypeError, match="mesh"):  # (beartype checks the hint first in CI)
+    with raises_arg(TypeError, "batch_fn"):
+        jfm.distributed.sharded_batch_fn(jnp.zeros((8, 2)), mesh)
+    with raises_arg(TypeError, "fn"):
+        jfm.distributed.shard_over_batch("sample", mesh)
+    with raises_arg(TypeError, "mesh"):
         jfm.distributed.batch_sharding("data")
-    with pytest.raises(ValueError, match="`axis`"):
+    with raises_arg(TypeError, "mesh"):
+        jfm.distributed.replicate({"w": jnp.zeros(2)}, "data")
+    with raises_arg(ValueError, "axis"):
         jfm.distributed.batch_sharding(mesh, axis="model")
-    with pytest.raises(TypeError, match="state"):
+    with raises_arg(TypeError, "state"):
         jfm.distributed.make_sharded_train_step(lambda *a: a, mesh, {"w": jnp.zeros(2)})
-    with pytest.raises(ValueError, match="`process_id`"):
+    _, state, step = mlp_setup()
+    with raises_arg(TypeError, "train_step"):
+        jfm.distributed.make_sharded_train_step("step", mesh, state)
+    with raises_arg(TypeError, "fsdp"):
+        jfm.distributed.state_sharding(state, mesh, fsdp=1)
+    with raises_arg(ValueError, "min_size"):
+        jfm.distributed.state_sharding(state, mesh, min_size=0)
+    with raises_arg(TypeError, "donate"):
+        jfm.distributed.make_sharded_train_step(step, mesh, state, donate=None)
+    with raises_arg(ValueError, "process_id"):
         jfm.distributed.initialize("localhost:1", num_processes=2, process_id=2)
     replicated = jfm.distributed.state_sharding({"w": jnp.zeros(3)}, mesh)["w"]
     assert replicated == NamedSharding(mesh, P())
+
+
+def test_the_helpers_live_in_jfm_distributed_only():
+    names = (
+        "batch_sharding initialize data_mesh make_sharded_train_step replicate shard_batch "
+        "shard_over_batch sharded_batch_fn state_sharding"
+    ).split()
+    assert sorted(jfm.distributed.__all__) == sorted(names)
+    for name in names + ["make_mesh"]:
+        assert not hasattr(jfm, name), name  # nothing flat in jfm; nothing shadows jax
