@@ -33,8 +33,10 @@ from .step import STEP_SIGNATURE, check_step_output, scan_train_step, split_step
 # of fused steps and the state's treedef as static arguments. JAX's own compilation
 # cache, keyed on them, is what makes a second ``fit`` with the same step (a resumed or
 # an extended run) reuse the compiled program instead of retracing a new closure; jfm
-# keeps no cache of its own. Static arguments are hashed, so a step or batch function
-# that cannot be (an equinox module holding arrays, say) is jitted afresh per ``fit``.
+# keeps no cache of its own. JAX holds each compiled program, and the step and batch
+# function it was built from, as for any jit with static arguments (``jax.clear_caches()``
+# releases them). Static arguments are hashed, so a step or batch function that cannot
+# be (an equinox module holding arrays, say) is jitted afresh per ``fit`` call.
 
 
 def _flat_output(out, treedef):

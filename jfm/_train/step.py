@@ -42,7 +42,8 @@ def check_step_output(out):
 def _check_ema_decay(ema_decay) -> float | None:
     if ema_decay is None:
         return None
-    value = float(check_scalar(ema_decay, "ema_decay"))
+    check_scalar(ema_decay, "ema_decay")  # a finite real scalar
+    value = float(ema_decay)  # as given: check_scalar's array may round it to float32
     if not 0.0 <= value < 1.0:
         raise ValueError(f"`ema_decay` must lie in [0, 1) (e.g. 0.999); got ema_decay={value}.")
     return value
