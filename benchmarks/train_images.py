@@ -1,9 +1,10 @@
 """U-Net training and sampling throughput: one device against a data-parallel mesh.
 
 For each device count in ``--devices`` the same global batch of ``--batch`` images goes
-through ``jfm.make_sharded_train_step`` (the U-Net, CondOT CFM loss, Adam, EMA) on a
-``jfm.make_mesh(n)`` mesh (state replicated, or ``--fsdp``), and a batch of
-``--sample-n`` images is sampled with a fixed-step Euler solve sharded over the batch.
+through ``jfm.distributed.make_sharded_train_step`` (the U-Net, CondOT CFM loss, Adam,
+EMA) on a ``jfm.distributed.data_mesh(n)`` mesh (state replicated, or ``--fsdp``), and a
+batch of ``--sample-n`` images is sampled with a fixed-step Euler solve sharded over the
+batch.
 Reported: compile time, best-of-``--repeat`` time of ``--steps`` steps (steps/s,
 images/s), sampling images/s, and device memory where the backend reports it.
 
@@ -86,11 +87,11 @@ def main():
     rows = []
     base = None
     for n in counts:
-        mesh = jfm.make_mesh(n)
+        mesh = jfm.distributed.data_mesh(n)
         state = jfm.init_train_state(jax.tree.map(jnp.copy, params), opt, ema=True)
-        state = jax.device_put(state, jfm.state_sharding(state, mesh, fsdp=a.fsdp))
-        sharded = jfm.make_sharded_train_step(step, mesh, state, fsdp=a.fsdp)
-        bf = jfm.sharded_batch_fn(batch_fn, mesh)
+        state = jax.device_put(state, jfm.distributed.state_sharding(state, mesh, fsdp=a.fsdp))
+        sharded = jfm.distributed.make_sharded_train_step(step, mesh, state, fsdp=a.fsdp)
+        bf = jfm.distributed.sharded_batch_fn(batch_fn, mesh)
         keys = [jr.key(i) for i in range(a.steps)]
         batches = [bf(k) for k in keys]
 
@@ -114,7 +115,7 @@ def main():
         field = jfm.field_from_model(apply, state.ema_params)
         x0 = jr.normal(jr.key(1), (a.sample_n * math.prod(shape),), jnp.float32)
         x0 = x0.reshape(a.sample_n, *shape)  # drawn flat: same values, fast compile
-        sampler = jfm.shard_over_batch(
+        sampler = jfm.distributed.shard_over_batch(
             lambda f, x: jfm.sample_ode(f, x, solver=dfx.Euler(), steps=a.sample_steps).x1, mesh
         )
 

@@ -100,21 +100,9 @@ from ._train import (
 from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
 from .metrics import energy_distance as energy_distance
 
-# -- multi-device (to move into jfm.distributed) --------------------------------------------
-from ._distributed import (
-    batch_sharding as batch_sharding,
-    initialize as initialize,
-    make_mesh as make_mesh,
-    make_sharded_train_step as make_sharded_train_step,
-    replicate as replicate,
-    shard_batch as shard_batch,
-    shard_over_batch as shard_over_batch,
-    sharded_batch_fn as sharded_batch_fn,
-    state_sharding as state_sharding,
-)
-
-# -- solver accuracy: last, it samples through the public jfm.sample_ode / jfm.log_prob ----
-from . import bench as bench
+# -- subpackages that build on the names above ---------------------------------------------
+from . import distributed as distributed  # meshes, shardings and sharded training
+from . import bench as bench  # solver accuracy, sampling through jfm.sample_ode / jfm.log_prob
 
 # isort: on
 

@@ -126,7 +126,7 @@ def _mesh(devices: int | None, n: int | None = None):
         raise SystemExit(f"jfm: --devices {devices} but only {available} device(s) are visible.")
     if devices is None and n is not None:
         devices = max(d for d in range(1, available + 1) if n % d == 0)
-    return jfm.make_mesh(devices)
+    return jfm.distributed.data_mesh(devices)
 
 
 def _train(cfg: dict, out: Path, *, progress: bool = True, devices=None, fsdp: bool = False):
@@ -155,13 +155,13 @@ def _train(cfg: dict, out: Path, *, progress: bool = True, devices=None, fsdp: b
         )
     # Data parallel over the mesh: the state replicated (or split with --fsdp), each
     # device drawing and processing its own slice of every batch.
-    state = jax.device_put(state, jfm.state_sharding(state, mesh, fsdp=fsdp))
-    step = jfm.make_sharded_train_step(step, mesh, state, fsdp=fsdp)
+    state = jax.device_put(state, jfm.distributed.state_sharding(state, mesh, fsdp=fsdp))
+    step = jfm.distributed.make_sharded_train_step(step, mesh, state, fsdp=fsdp)
     key = jr.key(cfg["seed"])
     state, history = jfm.fit(
         step,
         state,
-        jfm.sharded_batch_fn(partial(_batch_of, batch_fn, cfg["batch"]), mesh),
+        jfm.distributed.sharded_batch_fn(partial(_batch_of, batch_fn, cfg["batch"]), mesh),
         steps=cfg["steps"],
         key=key,
         checkpoint_dir=str(out / CHECKPOINT_SUBDIR),
@@ -196,7 +196,7 @@ def _sample(
     field = jfm.field_from_model(apply, params)
     x0 = path.prior_sample((n, *event_shape), key=jr.key(seed), dtype=jnp.float32)
     if mesh is not None:  # split the batch over the devices
-        field, x0 = jfm.replicate(field, mesh), jfm.shard_batch(x0, mesh)
+        field, x0 = jfm.distributed.replicate(field, mesh), jfm.distributed.shard_batch(x0, mesh)
     t1 = 1.0 - 1e-3 if cfg["path"] == "vp" else 1.0  # VP's velocity is singular at t=1
     kw = dict(steps=steps) if steps else dict(rtol=rtol, atol=atol)
     return jfm.sample_ode(field, x0, solver=_solver(solver), t1=t1, saveat=save_at, **kw)
@@ -263,7 +263,7 @@ def cmd_train(a) -> int:
 
         # Must come before any other JAX call; arguments not given are detected from the
         # cluster environment (TPU, SLURM, Open MPI).
-        jfm.initialize(a.coordinator, a.num_processes, a.process_id)
+        jfm.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     out = Path(a.out)
     cfg = _config_from_args(a)
     if (out / CONFIG_NAME).exists():

@@ -1,4 +1,4 @@
-"""Tests for jfm/_distributed.py on 8 fake CPU devices (XLA_FLAGS in conftest.py)."""
+"""Tests for jfm.distributed on 8 fake CPU devices (XLA_FLAGS in conftest.py)."""
 
 import functools
 
@@ -14,6 +14,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jfm
+
+from .helpers import raises_arg
 
 N_DEV = 8
 pytestmark = pytest.mark.skipif(
@@ -55,11 +57,11 @@ def leaves_close(a, b, rtol=RTOL):
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_sharded_step_equals_single_device_and_compiles_once(fsdp):
     _, state, step = mlp_setup()
-    mesh = jfm.make_mesh()
+    mesh = jfm.distributed.data_mesh()
     assert mesh.shape["data"] == N_DEV
     traced = eqx.debug.assert_max_traces(step, max_traces=1)  # fails on a second trace
-    sharded = jfm.make_sharded_train_step(traced, mesh, state, fsdp=fsdp, min_size=64)
-    shardings = jfm.state_sharding(state, mesh, fsdp=fsdp, min_size=64)
+    sharded = jfm.distributed.make_sharded_train_step(traced, mesh, state, fsdp=fsdp, min_size=64)
+    shardings = jfm.distributed.state_sharding(state, mesh, fsdp=fsdp, min_size=64)
     s_state = jax.device_put(jax.tree.map(jnp.copy, state), shardings)
     before = jax.tree.map(jax.typeof, s_state)
     single = jax.jit(step)
@@ -68,7 +70,7 @@ def test_sharded_step_equals_single_device_and_compiles_once(fsdp):
         key = jr.key(i)
         batch = batch_fn(jr.fold_in(key, 1))
         ref, ref_m = single(ref, batch, key)
-        s_state, m = sharded(s_state, jfm.shard_batch(batch, mesh), key)
+        s_state, m = sharded(s_state, jfm.distributed.shard_batch(batch, mesh), key)
         assert jax.tree.map(jax.typeof, s_state) == before  # dtypes, shapes and shardings
     assert sharded._cache_size() == 1  # no recompilation after the first step
     leaves_close(s_state, ref)
@@ -101,34 +103,33 @@ def test_unet_sharded_step_equals_single_device():
     opt = optax.adam(1e-3)
     step = jfm.make_train_step(apply, opt, functools.partial(jfm.cfm_loss, path=PATH))
     state = jfm.init_train_state(params, opt)
-    mesh = jfm.make_mesh()
+    mesh = jfm.distributed.data_mesh()
     x = jr.uniform(jr.key(0), (N_DEV, 4, 4, 1), jnp.float64, -1, 1)
     ref, _ = jax.jit(step)(state, x, jr.key(1))
-    s_state = jax.device_put(state, jfm.state_sharding(state, mesh))
-    out, _ = jfm.make_sharded_train_step(step, mesh, state)(
-        s_state, jfm.shard_batch(x, mesh), jr.key(1)
+    s_state = jax.device_put(state, jfm.distributed.state_sharding(state, mesh))
+    out, _ = jfm.distributed.make_sharded_train_step(step, mesh, state)(
+        s_state, jfm.distributed.shard_batch(x, mesh), jr.key(1)
     )
     leaves_close(out, ref)
 
 
 def test_sharded_batch_fn_slices_without_duplication():
-    mesh = jfm.make_mesh()
-    fn = jfm.sharded_batch_fn(batch_fn, mesh)
+    mesh = jfm.distributed.data_mesh()
+    fn = jfm.distributed.sharded_batch_fn(batch_fn, mesh)
     key = jr.key(11)
     out = fn(key)
     # The same global batch as on one device, whatever the device count ...
     np.testing.assert_array_equal(np.asarray(out), np.asarray(jax.jit(batch_fn)(key)))
-    np.testing.assert_array_equal(
-        np.asarray(out), np.asarray(jfm.sharded_batch_fn(batch_fn, jfm.make_mesh(2))(key))
-    )
+    on_two = jfm.distributed.sharded_batch_fn(batch_fn, jfm.distributed.data_mesh(2))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(on_two(key)))
     # ... split in order, 2 rows per device ...
-    assert out.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 2)
+    assert out.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
     for shard in out.addressable_shards:
         rows = shard.index[0]
         assert shard.data.shape == (2, 4)
         np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(out)[rows])
     # ... and each device computes only its slice: no collective in the compiled program.
-    hlo = jax.jit(batch_fn, out_shardings=jfm.batch_sharding(mesh)).lower(key).compile()
+    hlo = jax.jit(batch_fn, out_shardings=jfm.distributed.batch_sharding(mesh)).lower(key).compile()
     text = hlo.as_text()
     for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):
         assert op not in text
@@ -137,34 +138,34 @@ def test_sharded_batch_fn_slices_without_duplication():
 def test_sharded_sampling_and_log_prob_equal_single_device():
     apply, state, _ = mlp_setup()
     field = jfm.field_from_model(apply, state.params)
-    mesh = jfm.make_mesh()
+    mesh = jfm.distributed.data_mesh()
     x0 = jr.normal(jr.key(0), (16, 4), jnp.float64)
     ref = jfm.sample_ode(field, x0, solver=dfx.Heun(), steps=8).x1
-    sample = jfm.shard_over_batch(
+    sample = jfm.distributed.shard_over_batch(
         lambda f, x: jfm.sample_ode(f, x, solver=dfx.Heun(), steps=8).x1, mesh
     )
     out = sample(field, x0)
-    assert out.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 2)
+    assert out.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=RTOL, atol=1e-12)
 
     lp_ref, _ = jfm.log_prob(field, ref, solver=dfx.Heun(), steps=8, path=PATH)
-    log_prob = jfm.shard_over_batch(
+    log_prob = jfm.distributed.shard_over_batch(
         lambda f, x: jfm.log_prob(f, x, solver=dfx.Heun(), steps=8, path=PATH)[0], mesh
     )
     lp = log_prob(field, ref)
-    assert lp.sharding.is_equivalent_to(jfm.batch_sharding(mesh), 1)
+    assert lp.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 1)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(lp_ref), rtol=RTOL)
-    with pytest.raises(ValueError, match="divisible"):
+    with raises_arg(ValueError, "batch", "divisible"):
         sample(field, x0[:12])
 
 
 def test_fit_with_sharded_step_restores_shardings(tmp_path):
     _, state, step = mlp_setup()
-    mesh = jfm.make_mesh()
-    shardings = jfm.state_sharding(state, mesh, fsdp=True, min_size=64)
-    sharded = jfm.make_sharded_train_step(step, mesh, state, fsdp=True, min_size=64)
+    mesh = jfm.distributed.data_mesh()
+    shardings = jfm.distributed.state_sharding(state, mesh, fsdp=True, min_size=64)
+    sharded = jfm.distributed.make_sharded_train_step(step, mesh, state, fsdp=True, min_size=64)
     s_state = jax.device_put(state, shardings)
-    bf = jfm.sharded_batch_fn(batch_fn, mesh)
+    bf = jfm.distributed.sharded_batch_fn(batch_fn, mesh)
     kw = dict(key=jr.key(0), checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
     out, _ = jfm.fit(sharded, s_state, bf, steps=4, **kw)
     ref, _ = jfm.fit(step, state, batch_fn, steps=4, key=jr.key(0), progress=False)
@@ -176,21 +177,53 @@ def test_fit_with_sharded_step_restores_shardings(tmp_path):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="`devices`"):
-        jfm.make_mesh(0)
-    with pytest.raises(ValueError, match="`devices`"):
-        jfm.make_mesh(jax.device_count() + 1)
-    mesh = jfm.make_mesh()
-    with pytest.raises(ValueError, match="divisible by the 8 devices"):
-        jfm.shard_batch(jnp.zeros((6, 2)), mesh)
-    with pytest.raises(ValueError, match="divisible"):
-        jfm.sharded_batch_fn(lambda k: jnp.zeros((4, 2)), mesh)(jr.key(0))
-    with pytest.raises(TypeError, match="mesh"):  # (beartype checks the hint first in CI)
-        jfm.batch_sharding("data")
-    with pytest.raises(ValueError, match="`axis`"):
-        jfm.batch_sharding(mesh, axis="model")
-    with pytest.raises(TypeError, match="state"):
-        jfm.make_sharded_train_step(lambda *a: a, mesh, {"w": jnp.zeros(2)})
-    with pytest.raises(ValueError, match="`process_id`"):
-        jfm.initialize("localhost:1", num_processes=2, process_id=2)
-    assert jfm.state_sharding({"w": jnp.zeros(3)}, mesh)["w"] == NamedSharding(mesh, P())
+    with raises_arg(ValueError, "devices"):
+        jfm.distributed.data_mesh(0)
+    with raises_arg(ValueError, "devices"):
+        jfm.distributed.data_mesh(jax.device_count() + 1)
+    with raises_arg(ValueError, "devices", "at least one"):
+        jfm.distributed.data_mesh([])
+    with raises_arg(TypeError, "devices"):
+        jfm.distributed.data_mesh([0, 1])
+    with raises_arg(TypeError, "axis"):
+        jfm.distributed.data_mesh(2, axis="")
+    mesh = jfm.distributed.data_mesh()
+    with raises_arg(ValueError, "batch", "divisible by the 8 devices"):
+        jfm.distributed.shard_batch(jnp.zeros((6, 2)), mesh)
+    with raises_arg(ValueError, "batch_fn output", "divisible"):
+        jfm.distributed.sharded_batch_fn(lambda k: jnp.zeros((4, 2)), mesh)(jr.key(0))
+    with raises_arg(TypeError, "batch_fn"):
+        jfm.distributed.sharded_batch_fn(jnp.zeros((8, 2)), mesh)
+    with raises_arg(TypeError, "fn"):
+        jfm.distributed.shard_over_batch("sample", mesh)
+    with raises_arg(TypeError, "mesh"):
+        jfm.distributed.batch_sharding("data")
+    with raises_arg(TypeError, "mesh"):
+        jfm.distributed.replicate({"w": jnp.zeros(2)}, "data")
+    with raises_arg(ValueError, "axis"):
+        jfm.distributed.batch_sharding(mesh, axis="model")
+    with raises_arg(TypeError, "state"):
+        jfm.distributed.make_sharded_train_step(lambda *a: a, mesh, {"w": jnp.zeros(2)})
+    _, state, step = mlp_setup()
+    with raises_arg(TypeError, "train_step"):
+        jfm.distributed.make_sharded_train_step("step", mesh, state)
+    with raises_arg(TypeError, "fsdp"):
+        jfm.distributed.state_sharding(state, mesh, fsdp=1)
+    with raises_arg(ValueError, "min_size"):
+        jfm.distributed.state_sharding(state, mesh, min_size=0)
+    with raises_arg(TypeError, "donate"):
+        jfm.distributed.make_sharded_train_step(step, mesh, state, donate=None)
+    with raises_arg(ValueError, "process_id"):
+        jfm.distributed.initialize("localhost:1", num_processes=2, process_id=2)
+    replicated = jfm.distributed.state_sharding({"w": jnp.zeros(3)}, mesh)["w"]
+    assert replicated == NamedSharding(mesh, P())
+
+
+def test_the_helpers_live_in_jfm_distributed_only():
+    names = (
+        "batch_sharding initialize data_mesh make_sharded_train_step replicate shard_batch "
+        "shard_over_batch sharded_batch_fn state_sharding"
+    ).split()
+    assert sorted(jfm.distributed.__all__) == sorted(names)
+    for name in names + ["make_mesh"]:
+        assert not hasattr(jfm, name), name  # nothing flat in jfm; nothing shadows jax

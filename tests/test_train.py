@@ -1,4 +1,4 @@
-"""Tests for the training pieces (jfm/_train.py): TrainState, train_step, fit, checkpoints."""
+"""Tests for the training pieces (jfm/_train/): TrainState, train_step, fit, checkpoints."""
 
 import functools
 import os
@@ -306,6 +306,29 @@ def test_fit_traces_its_step_once_across_calls():
     s, _ = jfm.fit(step, s, batch_fn, steps=9, steps_per_call=2, **kw)
     s, _ = jfm.fit(step, s, batch_fn, steps=13, steps_per_call=2, **kw)
     assert len(traces) == 2 and int(s.step) == 13  # one more: the scanned step
+
+
+def test_fit_with_an_unhashable_step_compiles_once_per_call():
+    # A step that cannot be a static jit argument (an object with __hash__ = None, as an
+    # equinox module holding arrays would be) is jitted afresh by each fit call, and
+    # still once per call and fused-call length, not once per step.
+    traces = []
+
+    class Step:
+        __hash__ = None
+
+        def __call__(self, state, batch, key):
+            traces.append(1)
+            return STEP(state, batch, key)
+
+    kw = dict(key=jr.key(1), progress=False)
+    s, _ = jfm.fit(Step(), fresh_state(), batch_fn, steps=3, **kw)
+    assert len(traces) == 1
+    s, _ = jfm.fit(Step(), s, batch_fn, steps=9, steps_per_call=2, **kw)  # 3 calls of 2
+    assert len(traces) == 2 and int(s.step) == 9
+    ref, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=3, **kw)
+    ref, _ = jfm.fit(STEP, ref, batch_fn, steps=9, steps_per_call=2, **kw)
+    assert trees_equal(s, ref)  # the same programs as for a hashable step
 
 
 def test_scan_train_step_matches_a_python_loop():
