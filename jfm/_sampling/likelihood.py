@@ -173,7 +173,6 @@ def log_prob(
     check_solver(solver, "dfx.Dopri5()")
     check_callable(field, "field")
     x = check_batch(x, "x")
-    dtype = x.dtype
     if (path is None) == (prior_log_prob is None):
         raise ValueError(
             "Pass exactly one of `path` and `prior_log_prob` (the source density): "
