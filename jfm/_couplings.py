@@ -244,7 +244,8 @@ def sinkhorn_coupling(
     """
     x0, x1 = check_pair_batch(x0, x1)
     check_key(key)
-    epsilon = check_positive(epsilon, "epsilon")
+    with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
+        epsilon = check_positive(epsilon, "epsilon")
     if relative_epsilon is not None and relative_epsilon not in _RELATIVE:
         raise ValueError(
             f"`relative_epsilon` must be one of {_RELATIVE} or None; got {relative_epsilon!r}."

@@ -145,9 +145,10 @@ def test_label_ot_is_exact_ot_within_each_class(getkey):
     apply = lambda p, t, x, args: p * x  # noqa: E731
     path, key = jfm.AffinePath(jfm.CondOT()), getkey()
     loss = functools.partial(jfm.cfm_loss, apply, 0.5, x1, path=path, key=key, args=labels)
-    np.testing.assert_array_equal(
+    np.testing.assert_allclose(  # jit vs eager: float64 round-off
         jax.jit(lambda lab: loss(x0=x0, coupling=jfm.label_ot_coupling(lab)))(labels),
         loss(x0=c0),
+        rtol=1e-14,
     )
 
 
@@ -319,7 +320,7 @@ def test_errors(getkey):
         sb.sample(0.5, x0[0], x1[0], key=None)
     with raises_arg(ValueError, "sigma", ">= 0"):
         jfm.SchrodingerBridgePath(-1.0)
-    with raises_arg(ValueError, "sigma", "scalar"):
+    with raises_arg(TypeError, "sigma"):  # the scalar annotation fires under the type-check hook
         jfm.SchrodingerBridgePath(jnp.ones(2))
 
 

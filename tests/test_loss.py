@@ -228,6 +228,8 @@ def test_loss_errors(getkey):
         loss(x1, path=path, key=key, kind="eps")
     with raises_arg(ValueError, "smoothing"):
         loss(x1, path=path, key=key, smoothing=-0.1)
+    with raises_arg(ValueError, "smoothing"):  # a Python number is checked under jit too
+        jax.jit(lambda k: loss(x1, path=path, key=k, smoothing=-0.1))(key)
     with raises_arg(TypeError, "path"):
         loss(x1, path=jfm.CondOT(), key=key)
     with raises_arg(TypeError, "key"):

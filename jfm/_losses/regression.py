@@ -168,7 +168,8 @@ def conditional_loss(
         )
     x1 = check_batch(x1, "x1")
     dtype, batch = x1.dtype, x1.shape[0]
-    smoothing = check_scalar(smoothing, "smoothing", lo=0.0)
+    with jax.ensure_compile_time_eval():  # a Python number stays concrete under jit
+        smoothing = check_scalar(smoothing, "smoothing", lo=0.0)
     smooth = not (is_concrete(smoothing) and float(smoothing) == 0)
     if smooth and not isinstance(path, AbstractFlowPath):
         raise ValueError(

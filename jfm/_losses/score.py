@@ -80,7 +80,8 @@ def _score_family_loss(
             "`path` must be a jfm.AffinePath (its schedule gives the weights; e.g. "
             f"jfm.AffinePath(jfm.VP())); got {type(path).__name__}."
         )
-    t_max = check_scalar(t_max, "t_max", lo=0.0, strict_lo=True, hi=1.0)
+    with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
+        t_max = check_scalar(t_max, "t_max", lo=0.0, strict_lo=True, hi=1.0)
     weight_fn = _weight_fn(path, weighting, target_kind)
     return conditional_loss(
         apply, params, x1, path=path, key=key, kind=kind, target_kind=target_kind,

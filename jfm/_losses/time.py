@@ -80,7 +80,8 @@ def logit_normal_time(
     n = check_int(n, "n")
     check_key(key)
     dtype = _float_dtype(dtype)
-    check_positive(std, "std")
+    with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
+        check_positive(std, "std")
     z = jr.normal(key, (n,), dtype)
     return jax.nn.sigmoid(jnp.asarray(mean, dtype) + jnp.asarray(std, dtype) * z)
 

@@ -1,5 +1,6 @@
 r"""The Brownian-bridge path of Schrodinger-bridge conditional flow matching (SB-CFM)."""
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -112,7 +113,8 @@ class SchrodingerBridgePath(AbstractPath):
     sigma: Float[Array, ""]
 
     def __init__(self, sigma: RealScalarLike):
-        self.sigma = check_positive(sigma, "sigma", allow_zero=True)
+        with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
+            self.sigma = check_positive(sigma, "sigma", allow_zero=True)
 
     def std(self, t: RealScalarLike) -> Float[Array, ""]:
         """``sigma sqrt(t (1 - t))``, the bridge's standard deviation at ``t``."""
