@@ -13,6 +13,8 @@ from . import data as data, metrics as metrics, models as models
 from ._paths import (
     VE as VE,
     VP as VP,
+    AbstractConvertiblePath as AbstractConvertiblePath,
+    AbstractFlowPath as AbstractFlowPath,
     AbstractPath as AbstractPath,
     AbstractSchedule as AbstractSchedule,
     AffinePath as AffinePath,
@@ -67,15 +69,15 @@ from ._divergence import (
 from ._sampling import bits_per_dim as bits_per_dim, log_prob as log_prob
 
 # -- training losses and time samplers ------------------------------------------------------
-from ._loss import (
+from ._losses import (
     cfm_loss as cfm_loss,
     dsm_loss as dsm_loss,
+    empirical_field_loss as empirical_field_loss,
     eps_loss as eps_loss,
     logit_normal_time as logit_normal_time,
     uniform_time as uniform_time,
     x1_loss as x1_loss,
 )
-from ._empirical import empirical_field_loss as empirical_field_loss
 
 # -- couplings ----------------------------------------------------------------------------
 from ._couplings import (

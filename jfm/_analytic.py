@@ -16,24 +16,21 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import PARAMETRIZATIONS, check_key, check_name, check_scalar_time, is_concrete
+from ._checks import (
+    check_array,
+    check_int,
+    check_key,
+    check_parametrization,
+    check_scalar_time,
+    is_concrete,
+)
 from ._custom_types import Args, RealScalarLike
 from ._paths import AffinePath
 
 
 def _as_float_array(x, name: str) -> Array:
-    """``x`` as a floating jax array (lists and tuples accepted), else a TypeError."""
-    if isinstance(x, (list, tuple)):
-        x = np.asarray(x)
-    if isinstance(x, bool) or not isinstance(x, (np.ndarray, jax.Array, np.generic, float, int)):
-        raise TypeError(f"`{name}` must be an array; got {type(x)}.")
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"`{name}` must have a floating dtype; got {x.dtype}. Cast it, e.g. "
-            f"{name}.astype(jnp.float32)."
-        )
-    return x
+    """``check_array`` that also takes (nested) lists and tuples of numbers."""
+    return check_array(np.asarray(x) if isinstance(x, (list, tuple)) else x, name)
 
 
 def _check_path(path) -> AffinePath:
@@ -279,10 +276,12 @@ class GaussianMixture(eqx.Module):
 
         Returns:
             ``(n, D)`` in the mixture's dtype.
+
+        Raises:
+            TypeError: ``n`` not an int; ``key`` not a PRNG key.
+            ValueError: ``n < 1``.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"`n` must be a positive int; got {n!r}.")
-        n = int(n)
+        n = check_int(n, "n")
         check_key(key)
         k, d = self.means.shape
         key_k, key_z = jr.split(key)
@@ -308,6 +307,10 @@ class GaussianMixture(eqx.Module):
 
         Returns:
             A :class:`GaussianMixture` in the mixture's dtype.
+
+        Raises:
+            TypeError: ``path`` not an :class:`jfm.AffinePath`.
+            ValueError: ``t`` not a scalar in ``[0, 1]``.
         """
         _check_path(path)
         t = check_scalar_time(t)
@@ -328,8 +331,12 @@ class GaussianMixture(eqx.Module):
 
         Returns:
             A :class:`MixtureField`, a per-example ``f(t, x, args)`` (``args`` ignored).
+
+        Raises:
+            TypeError: ``path`` not an :class:`jfm.AffinePath`.
+            ValueError: unknown ``kind``.
         """
-        check_name(kind, "kind", PARAMETRIZATIONS)
+        check_parametrization(kind)
         return MixtureField(self, _check_path(path), kind)
 
     def velocity_field(self, path: AffinePath) -> "MixtureField":

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import check_array, check_key, is_concrete
+from ._checks import check_array, check_int, check_key, is_concrete
 from ._divergence import divergence_exact
-
-_METHODS = ("sample_conditional", "conditional_velocity", "conditional_log_density")
+from ._paths import AbstractPath
+from ._paths.base import require_path
 
 
 class ContinuityReport(eqx.Module):
@@ -86,8 +86,8 @@ def _check(path, x1, t, keys):
 
 
 def check_continuity(
-    path,
-    x1: Float[Array, " batch *event"],
+    path: AbstractPath,
+    x1: Float[Array, " _batch *_event"],
     *,
     key: PRNGKeyArray,
     n: int,
@@ -106,13 +106,14 @@ def check_continuity(
     order one; a correct one gives round-off. Cost: about ``d`` forward passes of the
     path's maths per point (for small ``d``).
 
-    Works for any object with ``sample_conditional(t, x1, key=)``,
-    ``conditional_velocity(t, x, x1)`` and ``conditional_log_density(t, x, x1)``:
-    :class:`jfm.AffinePath`, :class:`jfm.PoissonPath`, :class:`jfm.IsotropicPath`.
-    The computation is wrapped in :func:`equinox.filter_jit`.
+    Works for any :class:`jfm.AbstractPath` (its ``sample_conditional(t, x1, key=)``,
+    ``conditional_velocity(t, x, x1)`` and ``conditional_log_density(t, x, x1)``), e.g.
+    :class:`jfm.AffinePath`, :class:`jfm.PoissonPath`, :class:`jfm.IsotropicPath`,
+    :class:`jfm.SchrodingerBridgePath`. The computation is wrapped in
+    :func:`equinox.filter_jit`.
 
     Args:
-        path: the path to check.
+        path: the :class:`jfm.AbstractPath` to check.
         x1: ``[B, *event]`` data points (the Green's function sources).
         key: PRNG key (keyword-only, required).
         n: number of points, ``>= 1``.
@@ -123,7 +124,8 @@ def check_continuity(
         A :class:`jfm.ContinuityReport`; ``report.max_relative`` is the summary.
 
     Raises:
-        TypeError: ``path`` lacks one of the three methods; ``x1`` not floating; bad key.
+        TypeError: ``path`` not a :class:`jfm.AbstractPath`; ``x1`` not floating; bad
+            ``key``; ``n`` not an int.
         ValueError: ``x1`` without a batch axis; ``n < 1``; bad time range.
 
     Examples:
@@ -133,12 +135,7 @@ def check_continuity(
         >>> bool(rep.max_relative < 1e-4)
         True
     """
-    for m in _METHODS:
-        if not callable(getattr(path, m, None)):
-            raise TypeError(
-                f"`path` must define {m}(...) (as jfm.AffinePath, jfm.PoissonPath and "
-                f"jfm.IsotropicPath do); {type(path).__name__} does not."
-            )
+    require_path(path)
     check_key(key)
     x1 = check_array(x1, "x1")
     if x1.ndim < 2 or x1.shape[0] == 0:
@@ -146,8 +143,7 @@ def check_continuity(
             f"`x1` must have shape [B, *event] with B >= 1; got shape {x1.shape}. For one "
             "data point pass x1[None]."
         )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`n` must be a positive int; got n={n!r}.")
+    n = check_int(n, "n")
     if not (is_concrete((t_min, t_max)) and 0 <= float(t_min) < float(t_max) <= 1):
         raise ValueError(
             f"`t_min`, `t_max` must be concrete with 0 <= t_min < t_max <= 1; got "

@@ -9,15 +9,20 @@ A coupling is a pure function ``coupling(x0, x1, *, key) -> (x0', x1')`` of two 
   cost (minibatch OT, Tong et al. 2024; Pooladian et al. 2023);
 - :func:`sinkhorn_coupling`: for each ``x1_j`` an ``x0`` drawn from the entropic OT plan
   computed by ott-jax's Sinkhorn;
-- :func:`label_ot_coupling`: exact OT restricted to pairs of the same class.
+- :func:`label_ot_coupling`: ``label_ot_coupling(labels)`` is the coupling that does exact
+  OT restricted to pairs of the same class (the labels are bound into the coupling, which
+  then follows the protocol).
 
-All are jit/vmap-safe (shapes are static; the assignment runs in ``lax`` loops) and
+Callers always pass ``key``; the deterministic couplings accept it and ignore it (it
+defaults to ``None`` there, so they can also be called on their own). All are
+jit/vmap-safe (shapes are static; the assignment runs in ``lax`` loops) and
 deterministic given ``key``. Gradients do not flow through the matching (it is a discrete
 choice); they flow through the matched values, as usual for minibatch OT.
 """
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -26,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from ott.geometry import pointcloud
 from ott.solvers import linear
 
-from ._checks import check_array, check_key, check_scalar, is_concrete
+from ._checks import check_array, check_key, check_positive
 from ._custom_types import RealScalarLike
 from ._ot import exact_assignment, sq_cost
 
@@ -68,11 +73,11 @@ def _flat(x):
 
 
 def independent_coupling(
-    x0: Float[ArrayLike, " batch *event"],
-    x1: Float[ArrayLike, " batch *event"],
+    x0: Float[ArrayLike, " _batch *_event"],
+    x1: Float[ArrayLike, " _batch *_event"],
     *,
     key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, " batch *event"], Float[Array, " batch *event"]]:
+) -> tuple[Float[Array, " _batch *_event"], Float[Array, " _batch *_event"]]:
     r"""The independent (product) coupling: the pairs ``(x0_i, x1_i)`` unchanged.
 
     With ``x0`` and ``x1`` drawn independently this samples ``q(x0) q(x1)``, the coupling
@@ -99,18 +104,18 @@ def independent_coupling(
     return check_pair_batch(x0, x1)
 
 
-def ot_permutation(x0: Float[Array, " batch *event"], x1: Float[Array, " batch *event"]):
+def ot_permutation(x0: Float[Array, " _batch *_event"], x1: Float[Array, " _batch *_event"]):
     """``perm`` minimising ``sum_i |x0[perm[i]] - x1[i]|^2`` (exact, Hungarian)."""
     # Row j of the cost is x1_j: the assignment gives, for every data point, its source.
     return exact_assignment(sq_cost(_flat(x1), _flat(x0)))
 
 
 def exact_ot_coupling(
-    x0: Float[ArrayLike, " batch *event"],
-    x1: Float[ArrayLike, " batch *event"],
+    x0: Float[ArrayLike, " _batch *_event"],
+    x1: Float[ArrayLike, " _batch *_event"],
     *,
     key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, " batch *event"], Float[Array, " batch *event"]]:
+) -> tuple[Float[Array, " _batch *_event"], Float[Array, " _batch *_event"]]:
     r"""Exact minibatch optimal transport: ``x0`` re-ordered by the optimal permutation.
 
     .. math::
@@ -154,16 +159,9 @@ def exact_ot_coupling(
     return x0[ot_permutation(x0, x1)], x1
 
 
-def _check_positive(v, name):
-    v = check_scalar(v, name)
-    if is_concrete(v) and not float(v) > 0:
-        raise ValueError(f"`{name}` must be > 0; got {name}={float(v)}.")
-    return v
-
-
 def sinkhorn_plan(
-    x0: Float[Array, " batch *event"],
-    x1: Float[Array, " batch *event"],
+    x0: Float[Array, " _batch *_event"],
+    x1: Float[Array, " _batch *_event"],
     epsilon,
     relative_epsilon: str | None,
     threshold: float,
@@ -180,15 +178,15 @@ def sinkhorn_plan(
 
 
 def sinkhorn_coupling(
-    x0: Float[ArrayLike, " batch *event"],
-    x1: Float[ArrayLike, " batch *event"],
+    x0: Float[ArrayLike, " _batch *_event"],
+    x1: Float[ArrayLike, " _batch *_event"],
     *,
     key: PRNGKeyArray,
     epsilon: RealScalarLike,
     relative_epsilon: str | None = "mean",
     threshold: float = 1e-3,
     max_iterations: int = 2000,
-) -> tuple[Float[Array, " batch *event"], Float[Array, " batch *event"]]:
+) -> tuple[Float[Array, " _batch *_event"], Float[Array, " _batch *_event"]]:
     r"""Entropic minibatch OT: for each ``x1_j`` a source drawn from the Sinkhorn plan.
 
     The plan solves
@@ -246,7 +244,8 @@ def sinkhorn_coupling(
     """
     x0, x1 = check_pair_batch(x0, x1)
     check_key(key)
-    epsilon = _check_positive(epsilon, "epsilon")
+    with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
+        epsilon = check_positive(epsilon, "epsilon")
     if relative_epsilon is not None and relative_epsilon not in _RELATIVE:
         raise ValueError(
             f"`relative_epsilon` must be one of {_RELATIVE} or None; got {relative_epsilon!r}."
@@ -258,31 +257,54 @@ def sinkhorn_coupling(
     return x0[idx], x1
 
 
-def _check_labels(labels, batch):
-    if not isinstance(labels, (np.ndarray, jax.Array, list, tuple)):
+def _check_labels(labels) -> Array:
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
+    if not isinstance(labels, (np.ndarray, jax.Array)):
         raise TypeError(f"`labels` must be an integer array of shape (B,); got {type(labels)}.")
     labels = jnp.asarray(labels)
-    if labels.shape != (batch,):
-        raise ValueError(
-            f"`labels` must have shape (B,) = ({batch},), one class per pair; got shape "
-            f"{labels.shape}."
-        )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"`labels` must be an integer array; got dtype {labels.dtype}.")
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`labels` must have shape (B,), one class per pair; got shape {labels.shape}."
+        )
     return labels
 
 
-def label_ot_coupling(
-    x0: Float[ArrayLike, " batch *event"],
-    x1: Float[ArrayLike, " batch *event"],
-    labels: Int[ArrayLike, " batch"],
-    *,
-    key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, " batch *event"], Float[Array, " batch *event"]]:
-    r"""Exact OT within classes: ``x0`` re-ordered among the pairs of each class.
+class _LabelOTCoupling(eqx.Module):
+    """Exact OT within the classes ``labels`` (see :func:`label_ot_coupling`)."""
 
-    ``labels[i]`` is the class of pair ``i`` (of the source slot ``x0_i`` and of
-    ``x1_i``). The permutation solves
+    labels: Int[Array, " _batch"]
+
+    def __call__(
+        self,
+        x0: Float[ArrayLike, " _batch *_event"],
+        x1: Float[ArrayLike, " _batch *_event"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, " _batch *_event"], Float[Array, " _batch *_event"]]:
+        x0, x1 = check_pair_batch(x0, x1)
+        labels = self.labels
+        if labels.shape != (x0.shape[0],):
+            raise ValueError(
+                f"`labels` must have shape (B,) = ({x0.shape[0]},), one class per pair; got "
+                f"shape {labels.shape}."
+            )
+        cost = sq_cost(_flat(x1), _flat(x0))
+        penalty = x0.shape[0] * jnp.max(cost) + 1
+        cross = labels[:, None] != labels[None, :]
+        perm = exact_assignment(jnp.where(cross, penalty, cost))
+        return x0[perm], x1
+
+
+def label_ot_coupling(labels: Int[ArrayLike, "..."]) -> Coupling:
+    r"""The coupling that does exact OT within classes: ``x0`` re-ordered per class.
+
+    Returns ``coupling(x0, x1, *, key=None) -> (x0[perm], x1)``, the protocol of every
+    coupling (``key`` unused: deterministic), with the labels bound in: ``labels[i]`` is
+    the class of pair ``i`` (of the source slot ``x0_i`` and of ``x1_i``). The
+    permutation solves
 
     .. math::
         \min_{\pi \in S_B,\ \ell_{\pi(j)} = \ell_j} \sum_j |x_{0,\pi(j)} - x_{1,j}|^2,
@@ -293,36 +315,32 @@ def label_ot_coupling(
     penalty ``P = B * max C + 1`` on pairs of different classes: any crossing
     assignment costs more than ``P``, more than any class-respecting one (e.g. the
     identity), so the optimum respects classes and is optimal within each (the blocks
-    decouple). Labels can be any integers (traced; no static class count).
+    decouple). Labels can be any integers (traced; no static class count). The coupling
+    is an equinox Module whose ``labels`` are a leaf: build it inside the jitted loss,
+    e.g. ``jfm.cfm_loss(..., args=labels, coupling=jfm.label_ot_coupling(labels))``.
 
     Args:
-        x0: ``[B, *event]`` sources.
-        x1: ``[B, *event]`` data, same shape and dtype.
         labels: ``(B,)`` integer classes of the pairs.
-        key: unused (deterministic).
 
     Returns:
-        ``(x0[perm], x1)`` with ``labels[perm] == labels``.
+        The coupling. Called on ``x0``, ``x1`` (``[B, *event]``, same shape and dtype) it
+        returns ``(x0[perm], x1)`` with ``labels[perm] == labels``.
 
     Raises:
-        ValueError: mismatched batch sizes or event shapes; ``labels`` not of shape
-            ``(B,)``.
-        TypeError: non-floating ``x0``/``x1``; non-integer ``labels``.
+        TypeError: non-integer ``labels`` (here); non-floating or mismatched
+            ``x0``/``x1`` (when called).
+        ValueError: ``labels`` not one-dimensional (here); ``labels`` not of shape
+            ``(B,)``, mismatched batch sizes or event shapes (when called).
 
     Examples:
         >>> import jax.numpy as jnp, jfm
         >>> x0 = jnp.array([[0.0], [1.0], [2.0]])
         >>> x1 = jnp.array([[2.1], [0.9], [0.1]])
-        >>> jfm.label_ot_coupling(x0, x1, jnp.array([0, 1, 0]))[0].ravel().tolist()
+        >>> coupling = jfm.label_ot_coupling(jnp.array([0, 1, 0]))
+        >>> coupling(x0, x1)[0].ravel().tolist()
         [2.0, 1.0, 0.0]
     """
-    x0, x1 = check_pair_batch(x0, x1)
-    labels = _check_labels(labels, x0.shape[0])
-    cost = sq_cost(_flat(x1), _flat(x0))
-    penalty = x0.shape[0] * jnp.max(cost) + 1
-    cross = labels[:, None] != labels[None, :]
-    perm = exact_assignment(jnp.where(cross, penalty, cost))
-    return x0[perm], x1
+    return _LabelOTCoupling(_check_labels(labels))
 
 
 _NAMED: dict[str, Coupling] = {

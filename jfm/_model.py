@@ -12,9 +12,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, PyTree
 
-from ._checks import PARAMETRIZATIONS, check_array, check_name, check_scalar_time
+from ._checks import check_array, check_callable, check_parametrization, check_scalar_time
 from ._custom_types import ApplyFn, Args, RealScalarLike
-from ._paths import AbstractPath
+from ._paths import AbstractConvertiblePath, AbstractPath
+from ._paths.base import require_path
 
 
 class _MergeApply(eqx.Module):
@@ -82,9 +83,10 @@ class ModelField(eqx.Module):
     ``eqx.filter_jit``-ed samplers treat the parameters as dynamic values (no recompilation
     when they change) and gradients with respect to them flow (e.g. diffrax adjoints).
 
-    When the model predicts another parametrization (``pred`` = ``"x1"``, ``"x0"`` or
+    When the model predicts another parametrization (``kind`` = ``"x1"``, ``"x0"`` or
     ``"score"``), its output is converted to the velocity with
-    ``path.convert(t, x, out, src=pred, dst="velocity")``; conversions from ``"x0"`` and
+    ``path.convert(t, x, out, src=kind, dst="velocity")`` (``path`` an
+    :class:`jfm.AbstractConvertiblePath`); conversions from ``"x0"`` and
     ``"score"`` divide by ``alpha(t)``, which vanishes at ``t = 0`` for CondOT-like
     schedules, and the one from ``"x1"`` divides by ``sigma(t)``, which vanishes at
     ``t = 1``: integrate on ``[t_min, 1 - t_min]`` there.
@@ -92,40 +94,38 @@ class ModelField(eqx.Module):
     Attributes:
         apply: ``apply(params, t[B], x[B, *event], args) -> [B, *event]`` (static).
         params: the model parameters (pytree leaves).
-        path: the :class:`jfm.AbstractPath` used for the conversion (``None`` for a
-            velocity model).
-        pred: what the model predicts: ``"velocity"`` (default), ``"x1"``, ``"x0"`` or
+        path: the path the model was trained on: an :class:`jfm.AbstractConvertiblePath`
+            for the conversion, optional (any :class:`jfm.AbstractPath`) for a velocity
+            model.
+        kind: what the model predicts: ``"velocity"`` (default), ``"x1"``, ``"x0"`` or
             ``"score"`` (static).
     """
 
     apply: ApplyFn = eqx.field(static=True)
     params: PyTree
     path: AbstractPath | None = None
-    pred: str = eqx.field(static=True, default="velocity")
+    kind: str = eqx.field(static=True, default="velocity")
 
     def __check_init__(self):
-        if not callable(self.apply):
-            raise TypeError(f"`apply` must be callable; got {type(self.apply)}.")
-        check_name(self.pred, "pred", PARAMETRIZATIONS)
-        if self.path is not None and not isinstance(self.path, AbstractPath):
-            raise TypeError(
-                f"`path` must be a jfm.AbstractPath (e.g. jfm.AffinePath(jfm.CondOT())); "
-                f"got {type(self.path)}."
-            )
-        if self.pred != "velocity" and self.path is None:
+        check_callable(self.apply, "apply", "(params, t, x, args)")
+        check_parametrization(self.kind)
+        if self.kind != "velocity" and self.path is None:
             raise ValueError(
-                f'`path` is required to convert pred="{self.pred}" to a velocity; pass '
+                f'`path` is required to convert kind="{self.kind}" to a velocity; pass '
                 f"path=jfm.AffinePath(...), the path the model was trained on."
             )
-        if self.pred != "velocity" and not hasattr(self.path, "convert"):
-            raise TypeError(
-                f"`path` must define convert(t, x, pred, src=, dst=) for pred="
-                f'"{self.pred}"; {type(self.path).__name__} does not.'
+        if self.kind != "velocity":
+            require_path(
+                self.path,
+                cls=AbstractConvertiblePath,
+                need=f' to convert the model\'s kind="{self.kind}" into a velocity',
             )
+        elif self.path is not None:
+            require_path(self.path)
 
     def __call__(
-        self, t: RealScalarLike, x: Float[Array, "*event"], args: Args = None
-    ) -> Float[Array, "*event"]:
+        self, t: RealScalarLike, x: Float[Array, "*_event"], args: Args = None
+    ) -> Float[Array, "*_event"]:
         """The velocity ``dx/dt`` at ``(t, x)`` for ONE example.
 
         Args:
@@ -135,11 +135,11 @@ class ModelField(eqx.Module):
                 leading batch axis of 1 before ``apply`` sees it.
 
         Returns:
-            ``(*event,)``, the model's velocity (converted from ``pred`` if needed).
+            ``(*event,)``, the model's velocity (converted from ``kind`` if needed).
 
         Raises:
             ValueError: ``t`` is not a scalar, or ``apply`` returns a shape other than
-                ``(1, *event)``.
+                ``(1, *event)``; ``kind`` not offered by ``path`` (from ``path.convert``).
         """
         x = check_array(x, "x")
         t = check_scalar_time(t).astype(x.dtype)
@@ -150,8 +150,8 @@ class ModelField(eqx.Module):
                 f"got {getattr(out, 'shape', type(out))}."
             )
         out = out[0]
-        if self.pred != "velocity":
-            out = self.path.convert(t, x, out, src=self.pred, dst="velocity")
+        if self.kind != "velocity":
+            out = self.path.convert(t, x, out, src=self.kind, dst="velocity")
         return out
 
 
@@ -160,7 +160,7 @@ def field_from_model(
     params: PyTree,
     *,
     path: AbstractPath | None = None,
-    pred: str = "velocity",
+    kind: str = "velocity",
 ) -> ModelField:
     """The per-example velocity field of a batch-first model.
 
@@ -168,8 +168,10 @@ def field_from_model(
         apply: ``apply(params, t[B], x[B, *event], args) -> [B, *event]``, e.g. from
             :func:`jfm.split_model`.
         params: its parameters (a pytree, e.g. an ``nnx.State``).
-        path: the path the model was trained on; required unless ``pred="velocity"``.
-        pred: what the model predicts: ``"velocity"`` (default, no conversion), ``"x1"``,
+        path: the path the model was trained on; required unless ``kind="velocity"``, and
+            then an :class:`jfm.AbstractConvertiblePath` (e.g. :class:`jfm.AffinePath`,
+            :class:`jfm.PoissonPath`).
+        kind: what the model predicts: ``"velocity"`` (default, no conversion), ``"x1"``,
             ``"x0"`` or ``"score"`` (converted with ``path.convert``).
 
     Returns:
@@ -177,8 +179,9 @@ def field_from_model(
         ``t``, event-shaped ``x``), an equinox Module whose ``params`` are leaves.
 
     Raises:
-        TypeError: ``apply`` not callable; ``path`` not a jfm path.
-        ValueError: unknown ``pred``; ``path`` missing for ``pred != "velocity"``.
+        TypeError: ``apply`` not callable; ``path`` not a :class:`jfm.AbstractPath`, or
+            not an :class:`jfm.AbstractConvertiblePath` for ``kind != "velocity"``.
+        ValueError: unknown ``kind``; ``path`` missing for ``kind != "velocity"``.
 
     Examples:
         >>> import jax, jax.numpy as jnp, jfm
@@ -190,7 +193,7 @@ def field_from_model(
         >>> jax.vmap(field, in_axes=(None, 0, None))(0.5, jnp.zeros((4, 2)), None).shape
         (4, 2)
     """
-    return ModelField(apply, params, path, pred)
+    return ModelField(apply, params, path, kind)
 
 
 __all__ = ["ModelField", "field_from_model", "split_model"]

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+import scipy.stats
 
 import jfm
 
@@ -129,7 +130,9 @@ def test_label_ot_is_exact_ot_within_each_class(getkey):
     b = 24
     x0, x1 = jr.normal(getkey(), (b, 2)), jr.normal(getkey(), (b, 2)) * 2
     labels = jr.randint(getkey(), (b,), 0, 3)
-    c0, c1 = jax.jit(jfm.label_ot_coupling)(x0, x1, labels)
+    # The labels are bound into the coupling, which then follows the protocol.
+    coupling = jax.jit(lambda a, c, lab, k: jfm.label_ot_coupling(lab)(a, c, key=k))
+    c0, c1 = coupling(x0, x1, labels, getkey())
     np.testing.assert_array_equal(c1, x1)
     assert _is_permutation_of(c0, x0)
     x0n, c0n, lab = np.asarray(x0), np.asarray(c0), np.asarray(labels)
@@ -138,6 +141,15 @@ def test_label_ot_is_exact_ot_within_each_class(getkey):
         assert _is_permutation_of(c0n[idx], x0n[idx])  # no pair crosses classes
         rows, cols = scipy.optimize.linear_sum_assignment(_sq(x1[idx], x0n[idx]))
         np.testing.assert_array_equal(c0n[idx], x0n[idx][cols[np.argsort(rows)]])
+    # Through cfm_loss(coupling=...): the same as coupling the noise beforehand.
+    apply = lambda p, t, x, args: p * x  # noqa: E731
+    path, key = jfm.AffinePath(jfm.CondOT()), getkey()
+    loss = functools.partial(jfm.cfm_loss, apply, 0.5, x1, path=path, key=key, args=labels)
+    np.testing.assert_allclose(  # jit vs eager: float64 round-off
+        jax.jit(lambda lab: loss(x0=x0, coupling=jfm.label_ot_coupling(lab)))(labels),
+        loss(x0=c0),
+        rtol=1e-14,
+    )
 
 
 # -- Schrodinger-bridge path ---------------------------------------------------------------------
@@ -146,31 +158,63 @@ def test_label_ot_is_exact_ot_within_each_class(getkey):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_sb_velocity_is_time_derivative_of_the_bridge(dtype, getkey):
     path = jfm.SchrodingerBridgePath(0.8)
-    x0, x1, eps = (jr.normal(getkey(), (3, 2), dtype) for _ in range(3))
+    x0, x1 = (jr.normal(getkey(), (3, 2), dtype) for _ in range(2))
+    key = getkey()
+    eps = jr.normal(key, (3, 2), dtype)  # the bridge's noise: normal(key, x1.shape, dtype)
     for t in (0.1, 0.37, 0.5, 0.9):
         t = jnp.asarray(t, dtype)
         # d/dt of the mean t x1 + (1 - t) x0 plus the bridge term d/dt[sigma sqrt(t(1-t))] eps,
-        # both from jax.jvp of sample at fixed (x0, x1, eps).
-        _, dxdt = jax.jvp(lambda s: path.sample(s, x0, x1, eps), (t,), (jnp.ones_like(t),))
+        # both from jax.jvp of sample at fixed (x0, x1, key).
+        _, dxdt = jax.jvp(lambda s: path.sample(s, x0, x1, key=key), (t,), (jnp.ones_like(t),))
         _, dmean = jax.jvp(lambda s: s * x1 + (1 - s) * x0, (t,), (jnp.ones_like(t),))
         _, dstd = jax.jvp(path.std, (t,), (jnp.ones_like(t),))
-        target = path.target(t, x0, x1, eps)
+        target = path.target(t, x0, x1, key=key)
         rtol = 1e-12 if dtype == jnp.float64 else 1e-5  # round-off of the closed form
         np.testing.assert_allclose(target, dxdt, rtol=rtol, atol=rtol)
         np.testing.assert_allclose(target, dmean + dstd * eps, rtol=rtol, atol=rtol)
         # The first (x-)form of the velocity in the docstring, at x = x_t.
-        xt = path.sample(t, x0, x1, eps)
+        xt = path.sample(t, x0, x1, key=key)
         mean = t * x1 + (1 - t) * x0
         x_form = x1 - x0 + (1 - 2 * t) / (2 * t * (1 - t)) * (xt - mean)
         np.testing.assert_allclose(target, x_form, rtol=10 * rtol, atol=10 * rtol)
         assert target.dtype == dtype
+        # The common interface gives the same pair, and the old formula with that eps.
+        xt2, ut2 = path.sample_and_target(t, x0, x1, key=key)
+        np.testing.assert_array_equal(xt2, xt)
+        np.testing.assert_array_equal(ut2, target)
+        old = t * x1 + (1 - t) * x0 + 0.8 * jnp.sqrt(t * (1 - t)) * eps
+        np.testing.assert_allclose(xt, old, rtol=rtol, atol=rtol)  # same sum, same eps
     # Ends: x_t is the endpoint, the bridge term is set to 0 (finite, as torchcfm).
     for t in (0.0, 1.0):
-        np.testing.assert_allclose(path.target(t, x0, x1, eps), x1 - x0, rtol=1e-6)
-        g = jax.grad(lambda s: jnp.sum(path.target(s, x0, x1, eps)))(jnp.asarray(t, dtype))
+        np.testing.assert_allclose(path.target(t, x0, x1, key=key), x1 - x0, rtol=1e-6)
+        g = jax.grad(lambda s: jnp.sum(path.target(s, x0, x1, key=key)))(jnp.asarray(t, dtype))
         assert bool(jnp.isfinite(g))
-    np.testing.assert_allclose(path.sample(0.0, x0, x1, eps), x0)
-    np.testing.assert_allclose(path.sample(1.0, x0, x1, eps), x1)
+    np.testing.assert_allclose(path.sample(0.0, x0, x1, key=key), x0)
+    np.testing.assert_allclose(path.sample(1.0, x0, x1, key=key), x1)
+
+
+def test_sb_conditional_law_given_x1(getkey):
+    # With x0 ~ N(0, I): x_t | x1 ~ N(t x1, ((1-t)^2 + sigma^2 t (1-t)) I). Moments of
+    # sample_conditional, and its density against scipy.
+    sigma, t, n = 0.6, 0.3, 20000
+    path = jfm.SchrodingerBridgePath(sigma)
+    x1 = jnp.array([1.0, -2.0])
+    keys = jr.split(getkey(), n)
+    xs = jax.vmap(lambda k: path.sample_conditional(t, x1, key=k))(keys)
+    var = (1 - t) ** 2 + sigma**2 * t * (1 - t)
+    # 5 standard errors of the mean (sd sqrt(var / n)) and of the variance (var sqrt(2 / n)).
+    assert np.all(np.abs(np.asarray(xs.mean(0) - t * x1)) < 5 * math.sqrt(var / n))
+    assert np.all(np.abs(np.asarray(xs.var(0)) / var - 1) < 5 * math.sqrt(2 / n))
+    x = jnp.array([0.1, 0.4])
+    ref = scipy.stats.norm(np.asarray(t * x1), math.sqrt(var)).logpdf(np.asarray(x)).sum()
+    np.testing.assert_allclose(path.conditional_log_density(t, x, x1), ref, rtol=1e-12)
+    # sigma = 0: the conditional field is CondOT's.
+    ot = jfm.AffinePath(jfm.CondOT())
+    np.testing.assert_allclose(
+        jfm.SchrodingerBridgePath(0.0).conditional_velocity(t, x, x1),
+        ot.conditional_velocity(t, x, x1),
+        rtol=1e-14,
+    )
 
 
 def test_sb_marginal_variance(getkey):
@@ -211,7 +255,7 @@ def test_cfm_loss_with_couplings(getkey):
     )
     # No coupling = the independent coupling, bit for bit (drawn noise included).
     np.testing.assert_array_equal(loss(), loss(coupling="independent"))
-    np.testing.assert_array_equal(loss(sigma_min=0.1), loss(sigma_min=0.1, coupling=None))
+    np.testing.assert_array_equal(loss(smoothing=0.1), loss(smoothing=0.1, coupling=None))
     # OT pairs are closer: the CondOT target x1 - x0 is smaller on average.
     assert float(jnp.mean(loss(x0=x0, coupling="exact_ot"))) < float(jnp.mean(loss(x0=x0)))
     # Under jit, with Sinkhorn (random: its key is derived from the loss key) and SB.
@@ -232,7 +276,7 @@ def test_errors(getkey):
         jfm.independent_coupling,
         jfm.exact_ot_coupling,
         lambda a, b: jfm.sinkhorn_coupling(a, b, key=jr.key(0), epsilon=0.1),
-        lambda a, b: jfm.label_ot_coupling(a, b, jnp.zeros(len(a), jnp.int32)),
+        lambda a, b: jfm.label_ot_coupling(jnp.zeros(len(a), jnp.int32))(a, b),
     ):
         with raises_arg(ValueError, "x1", "same batch size"):
             fn(x0, x1[:4])
@@ -243,11 +287,11 @@ def test_errors(getkey):
         with raises_arg(TypeError, "x1", "same dtype"):
             fn(x0.astype(jnp.float32), x1)
     with raises_arg(ValueError, "labels", "shape"):
-        jfm.label_ot_coupling(x0, x1, jnp.zeros((5, 1), jnp.int32))
+        jfm.label_ot_coupling(jnp.zeros((5, 1), jnp.int32))
     with raises_arg(ValueError, "labels", "shape"):
-        jfm.label_ot_coupling(x0, x1, jnp.zeros(4, jnp.int32))
+        jfm.label_ot_coupling(jnp.zeros(4, jnp.int32))(x0, x1, key=jr.key(0))
     with raises_arg(TypeError, "labels", "integer"):
-        jfm.label_ot_coupling(x0, x1, jnp.zeros(5))
+        jfm.label_ot_coupling(jnp.zeros(5))
     for bad in (0.0, -1.0):
         with raises_arg(ValueError, "epsilon", "> 0"):
             jfm.sinkhorn_coupling(x0, x1, key=jr.key(0), epsilon=bad)
@@ -268,13 +312,15 @@ def test_errors(getkey):
     with raises_arg(ValueError, "x0", "batch size"):
         jfm.cfm_loss(apply, None, x1, x0=x0[:4], path=path, key=jr.key(0), coupling="exact_ot")
     sb = jfm.SchrodingerBridgePath(1.0)
-    with raises_arg(ValueError, "sigma_min"):
-        jfm.cfm_loss(apply, None, x1, path=sb, key=jr.key(0), sigma_min=0.1)
-    with raises_arg(ValueError, "pred"):
-        jfm.cfm_loss(apply, None, x1, path=sb, key=jr.key(0), pred="x1")
+    with raises_arg(ValueError, "smoothing"):
+        jfm.cfm_loss(apply, None, x1, path=sb, key=jr.key(0), smoothing=0.1)
+    with raises_arg(ValueError, "kind"):
+        jfm.cfm_loss(apply, None, x1, path=sb, key=jr.key(0), kind="x1")
+    with raises_arg(TypeError, "key"):  # the bridge's noise needs its key
+        sb.sample(0.5, x0[0], x1[0], key=None)
     with raises_arg(ValueError, "sigma", ">= 0"):
         jfm.SchrodingerBridgePath(-1.0)
-    with raises_arg(ValueError, "sigma", "scalar"):
+    with raises_arg(TypeError, "sigma"):  # the scalar annotation fires under the type-check hook
         jfm.SchrodingerBridgePath(jnp.ones(2))
 
 

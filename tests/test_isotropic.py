@@ -123,7 +123,7 @@ def test_good_cdfs_pass_and_interface(getkey):
     for cdf in (tanh_cdf, exp_cdf, gaussian_cdf(jfm.VE(0.01, 5.0), 2)):
         assert jfm.check_cdf(cdf, T=1.0).ok
     path = jfm.IsotropicPath(cdf=exp_cdf, T=2.0, event_shape=(2,))
-    x = path.sample_prior(6, key=getkey())
+    x = path.prior_sample((6, 2), key=getkey())
     assert x.shape == (6, 2)
     lp = jax.jit(jax.vmap(path.prior_log_prob))(x)
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""Tests for the conditional flow matching loss and time samplers (jfm/_loss.py)."""
+"""Tests for the conditional flow matching loss and time samplers (jfm/_losses)."""
 
 import functools
 import math
@@ -38,11 +38,11 @@ def _cot_coeffs(t):
     return t, 1 - t, np.ones_like(t), -np.ones_like(t)
 
 
-@pytest.mark.parametrize("pred", ["velocity", "x1", "x0", "score"])
+@pytest.mark.parametrize("kind", ["velocity", "x1", "x0", "score"])
 @pytest.mark.parametrize(
     "schedule,coeffs", [(jfm.CondOT(), _cot_coeffs), (jfm.VP(), _vp_coeffs)], ids=["condot", "vp"]
 )
-def test_loss_matches_hand_computation(schedule, coeffs, pred, getkey):
+def test_loss_matches_hand_computation(schedule, coeffs, kind, getkey):
     path = jfm.AffinePath(schedule)
     x1 = np.asarray(jr.normal(getkey(), (5, 2, 3)))
     x0 = np.asarray(jr.normal(getkey(), (5, 2, 3)))
@@ -50,11 +50,11 @@ def test_loss_matches_hand_computation(schedule, coeffs, pred, getkey):
     p = {"w": jnp.asarray(0.7), "b": jnp.asarray(-0.3)}
     loss = jfm.cfm_loss(
         _affine_apply, p, jnp.asarray(x1), path=path, key=getkey(), x0=jnp.asarray(x0),
-        t=jnp.asarray(t), pred=pred,
+        t=jnp.asarray(t), kind=kind,
     )  # fmt: skip
     a, s, da, ds = (c[:, None, None] for c in coeffs(t))
     xt = a * x1 + s * x0
-    target = {"velocity": da * x1 + ds * x0, "x1": x1, "x0": x0, "score": -x0 / s}[pred]
+    target = {"velocity": da * x1 + ds * x0, "x1": x1, "x0": x0, "score": -x0 / s}[kind]
     model = 0.7 * xt - 0.3 * t[:, None, None]
     expect = ((model - target) ** 2).mean(axis=(1, 2))
     assert loss.shape == (5,) and loss.dtype == jnp.float64
@@ -187,11 +187,11 @@ def test_same_key_same_loss_and_jit_grad(getkey):
     assert out32.dtype == jnp.float32 and bool(jnp.isfinite(out32))
 
 
-# -- (e) smoothing adds sigma_min^2 -----------------------------------------------------
+# -- (e) smoothing adds smoothing^2 -----------------------------------------------------
 
 
-def test_sigma_min_adds_its_variance(getkey):
-    n, d, sigma_min = 4000, 8, 0.3
+def test_smoothing_adds_its_variance(getkey):
+    n, d, smoothing = 4000, 8, 0.3
     path = jfm.AffinePath(jfm.CondOT())
     x1 = jr.normal(getkey(), (n, d))
     x0 = jr.normal(getkey(), (n, d))
@@ -205,12 +205,12 @@ def test_sigma_min_adds_its_variance(getkey):
     key = getkey()
     base = jfm.cfm_loss(oracle, 1.0, x1, path=path, key=key, x0=x0, t=t)
     np.testing.assert_allclose(base, 0.0, atol=1e-13)  # the exact target: zero loss
-    smooth = jfm.cfm_loss(oracle, 1.0, x1, path=path, key=key, x0=x0, t=t, sigma_min=sigma_min)
-    # loss_i = sigma_min^2 * mean_j eps_ij^2: mean sigma_min^2, sd sigma_min^2 sqrt(2/d).
-    se = sigma_min**2 * math.sqrt(2 / d / n)
-    assert abs(float(smooth.mean()) - sigma_min**2) < 4 * se
+    smooth = jfm.cfm_loss(oracle, 1.0, x1, path=path, key=key, x0=x0, t=t, smoothing=smoothing)
+    # loss_i = smoothing^2 * mean_j eps_ij^2: mean smoothing^2, sd smoothing^2 sqrt(2/d).
+    se = smoothing**2 * math.sqrt(2 / d / n)
+    assert abs(float(smooth.mean()) - smoothing**2) < 4 * se
     # Per example it is a scaled chi-square with d degrees of freedom: check its variance.
-    np.testing.assert_allclose(float(smooth.var()), sigma_min**4 * 2 / d, rtol=0.1)  # ~2% sd
+    np.testing.assert_allclose(float(smooth.var()), smoothing**4 * 2 / d, rtol=0.1)  # ~2% sd
 
 
 # -- (f) errors -------------------------------------------------------------------------
@@ -224,10 +224,12 @@ def test_loss_errors(getkey):
     loss = functools.partial(jfm.cfm_loss, _affine_apply, p)
     with raises_arg(ValueError, "x0"):
         loss(x1, path=path, key=key, x0=jnp.zeros((4, 3)))
-    with raises_arg(ValueError, "pred"):
-        loss(x1, path=path, key=key, pred="eps")
-    with raises_arg(ValueError, "sigma_min"):
-        loss(x1, path=path, key=key, sigma_min=-0.1)
+    with raises_arg(ValueError, "kind"):
+        loss(x1, path=path, key=key, kind="eps")
+    with raises_arg(ValueError, "smoothing"):
+        loss(x1, path=path, key=key, smoothing=-0.1)
+    with raises_arg(ValueError, "smoothing"):  # a Python number is checked under jit too
+        jax.jit(lambda k: loss(x1, path=path, key=k, smoothing=-0.1))(key)
     with raises_arg(TypeError, "path"):
         loss(x1, path=jfm.CondOT(), key=key)
     with raises_arg(TypeError, "key"):

@@ -90,20 +90,20 @@ def test_grads_through_field_match_grads_through_apply(getkey):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("pred", ["x1", "x0", "score"])
+@pytest.mark.parametrize("kind", ["x1", "x0", "score"])
 @pytest.mark.parametrize("schedule", [jfm.CondOT(), jfm.VP()], ids=["condot", "vp"])
-def test_prediction_is_converted_to_velocity(pred, schedule, getkey):
+def test_prediction_is_converted_to_velocity(kind, schedule, getkey):
     path = jfm.AffinePath(schedule)
     apply, params = jfm.split_model(_net())
     x = jr.normal(getkey(), (3,))
     t = jnp.asarray(0.42)
-    field = jfm.field_from_model(apply, params, path=path, pred=pred)
+    field = jfm.field_from_model(apply, params, path=path, kind=kind)
     raw = apply(params, t.reshape(1), x[None], None)[0]
-    by_hand = path.convert(t, x, raw, src=pred, dst="velocity")
+    by_hand = path.convert(t, x, raw, src=kind, dst="velocity")
     np.testing.assert_allclose(field(t, x, None), by_hand, rtol=1e-13, atol=1e-13)
     # And the velocity from the converted prediction is what a velocity model would give
     # for the matching raw output: recompute it from the linear relations for "x1".
-    if pred == "x1":
+    if kind == "x1":
         a, s, da, ds = path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)
         v = da * raw + ds * (x - a * raw) / s
         np.testing.assert_allclose(field(t, x, None), v, rtol=1e-12, atol=1e-12)
@@ -134,14 +134,19 @@ def test_model_adapter_errors():
     path = jfm.AffinePath(jfm.CondOT())
     with raises_arg(TypeError, "model"):
         jfm.split_model(lambda t, x, a: x)
-    with raises_arg(ValueError, "pred"):
-        jfm.field_from_model(apply, params, path=path, pred="noise")
+    with raises_arg(ValueError, "kind"):
+        jfm.field_from_model(apply, params, path=path, kind="noise")
     with raises_arg(ValueError, "path"):
-        jfm.field_from_model(apply, params, pred="x1")
+        jfm.field_from_model(apply, params, kind="x1")
     with raises_arg(TypeError, "path"):
-        jfm.field_from_model(apply, params, path=jfm.CondOT(), pred="x1")
+        jfm.field_from_model(apply, params, path=jfm.CondOT(), kind="x1")
+    # A path without convert() (a flow path, not a convertible one): a clear TypeError.
+    iso = jfm.IsotropicPath(cdf=lambda tau, r: -jnp.expm1(-r / tau))
+    with raises_arg(TypeError, "path", "AbstractConvertiblePath"):
+        jfm.field_from_model(apply, params, path=iso, kind="x1")
+    jfm.field_from_model(apply, params, path=iso)  # a velocity model needs no conversion
     field = jfm.field_from_model(apply, params)
-    with raises_arg(ValueError, "t"):
+    with raises_arg(TypeError, "t"):  # the scalar annotation fires under the type-check hook
         field(jnp.zeros(2), jnp.zeros(3), None)
     bad = jfm.field_from_model(lambda p, t, x, a: x[0], params)
     with raises_arg(ValueError, "apply"):

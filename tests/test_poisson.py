@@ -96,8 +96,14 @@ def test_coupling_form_target_and_convert(dtype, getkey):
 
 def test_jit_vmap_and_prior_shapes(getkey):
     path = jfm.PoissonPath(r_max=3.0, event_shape=(2, 2))
-    x = path.sample_prior(5, key=getkey())
+    x = path.prior_sample((5, 2, 2), key=getkey())
     assert x.shape == (5, 2, 2)
+    # With event_shape, any number of batch axes; x0_sample is the prior.
+    assert path.prior_sample((2, 3, 2, 2), key=getkey()).shape == (2, 3, 2, 2)
+    key = getkey()
+    np.testing.assert_array_equal(
+        path.x0_sample((5, 2, 2), key=key), path.prior_sample((5, 2, 2), key=key)
+    )
     lp = jax.jit(jax.vmap(path.prior_log_prob))(x)
     assert lp.shape == (5,) and bool(jnp.all(jnp.isfinite(lp)))
     f = jax.jit(jax.vmap(path.conditional_velocity, (None, 0, 0)))
@@ -112,8 +118,10 @@ def test_bad_arguments():
     path = jfm.PoissonPath(r_max=1.0)
     with raises_arg(ValueError, "kind"):
         path.target(0.5, jnp.zeros(2), jnp.zeros(2), kind="score")
-    with raises_arg(ValueError, "event_shape"):
-        path.sample_prior(3, key=jr.key(0))
+    with raises_arg(ValueError, "shape", "event_shape"):
+        path.prior_sample((3,), key=jr.key(0))
+    with raises_arg(ValueError, "shape", "event_shape"):
+        jfm.PoissonPath(r_max=1.0, event_shape=(2,)).prior_sample((3, 4), key=jr.key(0))
     with raises_arg(ValueError, "x1"):
         path.conditional_velocity(0.5, jnp.zeros(2), jnp.zeros(3))
     with raises_arg(TypeError, "key"):

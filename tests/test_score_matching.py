@@ -1,4 +1,4 @@
-"""dsm_loss, eps_loss, x1_loss (jfm/_loss.py, issue 4) and training with them."""
+"""dsm_loss, eps_loss, x1_loss (jfm/_losses/score.py) and training with them."""
 
 import functools
 
@@ -35,13 +35,35 @@ def test_losses_agree_under_likelihood_weighting(path, getkey):
     a = jfm.dsm_loss(exact_apply(path, "score"), None, x1, **kw)
     b = jfm.eps_loss(exact_apply(path, "x0"), None, x1, **kw)
     c = jfm.x1_loss(exact_apply(path, "x1"), None, x1, **kw)
-    d = jfm.dsm_loss(exact_apply(path, "x0"), None, x1, pred="x0", **kw)
+    d = jfm.dsm_loss(exact_apply(path, "x0"), None, x1, kind="x0", **kw)
     for other in (b, c, d):
         np.testing.assert_allclose(a, other, rtol=1e-8)  # float64, exact identities
     # sigma2-weighted DSM == unit-weighted eps loss (DDPM's simple loss)
     e = jfm.dsm_loss(exact_apply(path, "score"), None, x1, path=path, key=key, t_max=0.95)
     f = jfm.eps_loss(exact_apply(path, "x0"), None, x1, path=path, key=key, t_max=0.95)
     np.testing.assert_allclose(e, f, rtol=1e-8)
+
+
+def test_losses_are_one_weighted_core(getkey):
+    # eps_loss / x1_loss with unit weight are cfm_loss with kind "x0" / "x1", bit for bit
+    # (one core, the same key splits); dsm_loss's weight multiplies the same regression.
+    path = PATHS[0]
+    x1 = GMM.sample(16, key=getkey())
+    key = getkey()
+    apply = lambda p, t, x, args: p * x  # noqa: E731
+    for name, loss in (("x0", jfm.eps_loss), ("x1", jfm.x1_loss)):
+        np.testing.assert_array_equal(
+            loss(apply, 0.5, x1, path=path, key=key),
+            jfm.cfm_loss(apply, 0.5, x1, path=path, key=key, kind=name),
+        )
+    t = jr.uniform(getkey(), (16,), minval=0.05, maxval=0.95)
+    score = jfm.cfm_loss(apply, 0.5, x1, path=path, key=key, kind="score", t=t)
+    weighted = jfm.dsm_loss(apply, 0.5, x1, path=path, key=key, t=t, weighting=lambda s: s**3)
+    np.testing.assert_allclose(weighted, t**3 * score, rtol=1e-14)  # one multiplication
+    # "likelihood" weighting on the score error is the schedule's g^2 = diffusion_sq.
+    lik = jfm.dsm_loss(apply, 0.5, x1, path=path, key=key, t=t, weighting="likelihood")
+    g2 = jax.vmap(jfm.DiffusionSDE(path).diffusion)(t) ** 2
+    np.testing.assert_allclose(lik, g2 * score, rtol=1e-12)  # sqrt then square: round-off
 
 
 def test_exact_score_minimises_dsm(getkey):
@@ -75,7 +97,7 @@ def test_loss_errors():
     with raises_arg(ValueError, "t_max"):
         jfm.eps_loss(apply, None, x1, path=path, key=jr.key(0), t_max=1.5)
     with raises_arg(ValueError, "apply", "shape"):
-        jfm.dsm_loss(lambda p, t, x, a: x[:, :1], None, x1, path=path, key=jr.key(0), pred="x0")
+        jfm.dsm_loss(lambda p, t, x, a: x[:, :1], None, x1, path=path, key=jr.key(0), kind="x0")
     with raises_arg(TypeError, "path"):
         jfm.x1_loss(apply, None, x1, path=jfm.VP(), key=jr.key(0))
 
@@ -92,11 +114,11 @@ def test_dsm_and_cfm_models_reach_moons():
     noise = float(jfm.energy_distance(x0, ref))
     vp, ot = PATHS
     cases = [
-        (vp, functools.partial(jfm.dsm_loss, path=vp, pred="x0", t_max=0.999), "x0",
+        (vp, functools.partial(jfm.dsm_loss, path=vp, kind="x0", t_max=0.999), "x0",
          jfm.DiffusionSDE(vp).diffusion),
         (ot, functools.partial(jfm.cfm_loss, path=ot), "velocity", lambda t: 1.0 - t),
     ]  # fmt: skip
-    for path, loss, pred, g in cases:
+    for path, loss, kind, g in cases:
         net = jfm.models.MLP(2, hidden_features=64, depth=2, rngs=nnx.Rngs(0))
         apply, params = jfm.split_model(net)
         opt = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
@@ -104,7 +126,7 @@ def test_dsm_and_cfm_models_reach_moons():
         state, _ = jfm.fit(step, jfm.init_train_state(params, opt),
                            lambda k: jfm.data.moons(256, key=k), steps=steps, key=jr.key(1),
                            progress=False)  # fmt: skip
-        v = jfm.field_from_model(apply, state.params, path=path, pred=pred)
+        v = jfm.field_from_model(apply, state.params, path=path, kind=kind)
         s = jfm.score_from_velocity(v, path)
         ode = jfm.sample_ode(v, x0, solver=dfx.Heun(), steps=40, t1=0.999)
         sde = jfm.sample_sde(v, s, x0, diffusion=g, key=jr.key(5), solver=dfx.Euler(),
@@ -112,4 +134,4 @@ def test_dsm_and_cfm_models_reach_moons():
         for x in (ode.x1, sde.x1):
             d = float(jfm.energy_distance(x, ref))
             # 4x the floor (~0.07) vs ~0.19 for the noise itself: training budget is small
-            assert d < 4 * floor and d < 0.5 * noise, (pred, d, floor, noise)
+            assert d < 4 * floor and d < 0.5 * noise, (kind, d, floor, noise)

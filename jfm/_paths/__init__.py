@@ -1,5 +1,9 @@
 from .affine import AffinePath as AffinePath
-from .base import AbstractPath as AbstractPath
+from .base import (
+    AbstractConvertiblePath as AbstractConvertiblePath,
+    AbstractFlowPath as AbstractFlowPath,
+    AbstractPath as AbstractPath,
+)
 from .bridge import SchrodingerBridgePath as SchrodingerBridgePath
 from .diffusion import DiffusionSDE as DiffusionSDE
 from .isotropic import (

@@ -6,16 +6,15 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import (
-    PARAMETRIZATIONS,
     check_array,
     check_key,
-    check_name,
+    check_parametrization,
     check_scalar_time,
     is_concrete,
 )
 from .._custom_types import RealScalarLike
 from .._misc import sample_flat
-from .base import AbstractPath, check_event_shape, prior_shape
+from .base import AbstractConvertiblePath, check_event_shape, check_shape, split_prior_shape
 from .schedule import AbstractSchedule, check_schedule
 
 
@@ -30,7 +29,7 @@ def _check_pair(x0, x1, a="x0", b="x1"):
     return x0, x1
 
 
-class AffinePath(AbstractPath):
+class AffinePath(AbstractConvertiblePath):
     r"""The affine Gaussian probability path.
 
     .. math::
@@ -51,15 +50,18 @@ class AffinePath(AbstractPath):
     ``t = 1`` data. The source is ``N(0, prior_std^2 I)`` (``prior_std = 1`` except
     for :class:`jfm.VE`, where it is ``sigma_max``).
 
-    The interface shared with :class:`jfm.PoissonPath` and :class:`jfm.IsotropicPath`
-    (used by :func:`jfm.check_continuity` and :func:`jfm.empirical_field`):
-    ``sample_conditional(t, x1, key=)``, ``conditional_velocity(t, x, x1)``,
-    ``conditional_log_density(t, x, x1)``, ``sample_prior(n, key=)``, ``prior_log_prob``.
+    Implements :class:`jfm.AbstractConvertiblePath` (so the whole path interface): the
+    conditional law ``p_t(. | x1)`` (``sample_conditional``, ``conditional_velocity``,
+    ``conditional_log_density``), the source (``prior_sample``, ``prior_log_prob``),
+    ``x0_sample`` (standard normal: the source's scale lives in ``sigma``) and
+    ``sample_and_target`` (``key`` unused). The forward-SDE view of the path is
+    :class:`jfm.DiffusionSDE`, from the schedule's ``drift_coeff``/``diffusion_sq``.
 
     Args:
         schedule: an :class:`jfm.AbstractSchedule`, e.g. ``jfm.CondOT()``. Validated on a
             grid of times when its parameters are concrete.
-        event_shape: optional event shape, used by ``sample_prior(n, key=)``.
+        event_shape: optional event shape; when given, ``prior_sample``/``x0_sample``
+            check that ``shape`` ends with it.
 
     Examples:
         >>> import jax.numpy as jnp, jfm
@@ -109,8 +111,8 @@ class AffinePath(AbstractPath):
     # -- conditional path ---------------------------------------------------------------
 
     def sample(
-        self, t: RealScalarLike, x0: Float[Array, "*dims"], x1: Float[Array, "*dims"]
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x0: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
+    ) -> Float[Array, "*_dims"]:
         """``x_t = alpha(t) x1 + sigma(t) x0`` for one example.
 
         Args:
@@ -128,10 +130,10 @@ class AffinePath(AbstractPath):
     def target(
         self,
         t: RealScalarLike,
-        x0: Float[Array, "*dims"],
-        x1: Float[Array, "*dims"],
+        x0: Float[Array, "*_dims"],
+        x1: Float[Array, "*_dims"],
         kind: str = "velocity",
-    ) -> Float[Array, "*dims"]:
+    ) -> Float[Array, "*_dims"]:
         """The conditional regression target of parametrization ``kind`` at ``x_t``.
 
         ``velocity``: ``alpha'(t) x1 + sigma'(t) x0``; ``x1``: ``x1``; ``x0``: ``x0``;
@@ -145,7 +147,7 @@ class AffinePath(AbstractPath):
         Returns:
             ``(*dims,)``.
         """
-        check_name(kind, "kind", PARAMETRIZATIONS)
+        check_parametrization(kind)
         x0, x1 = _check_pair(x0, x1)
         t = check_scalar_time(t)
         return self._from_pair(t, x1, x0, kind).astype(x1.dtype)
@@ -153,12 +155,12 @@ class AffinePath(AbstractPath):
     def convert(
         self,
         t: RealScalarLike,
-        x: Float[Array, "*dims"],
-        pred: Float[Array, "*dims"],
+        x: Float[Array, "*_dims"],
+        pred: Float[Array, "*_dims"],
         *,
         src: str,
         dst: str,
-    ) -> Float[Array, "*dims"]:
+    ) -> Float[Array, "*_dims"]:
         r"""Convert a prediction at ``(t, x)`` from parametrization ``src`` to ``dst``.
 
         With ``a, s, a', s'`` the schedule and its derivatives at ``t``:
@@ -182,8 +184,8 @@ class AffinePath(AbstractPath):
         Returns:
             ``(*dims,)`` the prediction in parametrization ``dst``.
         """
-        check_name(src, "src", PARAMETRIZATIONS)
-        check_name(dst, "dst", PARAMETRIZATIONS)
+        check_parametrization(src, "src")
+        check_parametrization(dst, "dst")
         x, pred = _check_pair(x, pred, "x", "pred")
         t = check_scalar_time(t)
         if src == dst:
@@ -213,6 +215,16 @@ class AffinePath(AbstractPath):
 
     # -- source distribution ------------------------------------------------------------
 
+    def _normal(self, shape, key, dtype):
+        check_key(key)
+        shape = check_shape(shape)
+        if self.event_shape is not None:
+            split_prior_shape(self.event_shape, shape)  # checks that shape ends with it
+        dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"`dtype` must be a floating dtype; got {dtype}.")
+        return sample_flat(jr.normal, key, shape, dtype)
+
     def prior_sample(
         self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None
     ) -> Float[Array, "..."]:
@@ -225,25 +237,38 @@ class AffinePath(AbstractPath):
 
         Returns:
             An array of ``shape``.
-        """
-        check_key(key)
-        if not isinstance(shape, (tuple, list)) or not all(isinstance(n, int) for n in shape):
-            raise TypeError(f"`shape` must be a tuple of ints; got {shape!r}.")
-        dtype = jnp.result_type(float) if dtype is None else dtype
-        return self.prior_std * sample_flat(jr.normal, key, shape, dtype)
 
-    def prior_log_prob(self, x: Float[Array, "*dims"]) -> Float[Array, ""]:
+        Raises:
+            TypeError: ``key`` not a PRNG key; ``shape`` not a tuple of ints; ``dtype`` not
+                floating.
+            ValueError: ``shape`` not ending with the path's ``event_shape`` (when set).
+        """
+        z = self._normal(shape, key, dtype)
+        return jnp.asarray(self.prior_std, z.dtype) * z
+
+    def x0_sample(
+        self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None
+    ) -> Float[Array, "..."]:
+        """Standard-normal draws of ``x0`` for :meth:`sample` (``x_t = alpha x1 + sigma x0``).
+
+        The source's scale lives in ``sigma`` (``sigma(0) = sigma_max`` for
+        :class:`jfm.VE`), so ``x0 ~ N(0, I)`` whatever ``prior_std`` is; same arguments
+        and errors as :meth:`prior_sample`.
+        """
+        return self._normal(shape, key, dtype)
+
+    def prior_log_prob(self, x: Float[Array, "*_dims"]) -> Float[Array, ""]:
         """``log N(x; 0, prior_std^2 I)`` of ONE example ``x`` (all axes are event axes)."""
         x = check_array(x, "x")
         std = jnp.asarray(self.prior_std, x.dtype)
         d = x.size
         return -0.5 * jnp.sum((x / std) ** 2) - d * (jnp.log(std) + 0.5 * jnp.log(2 * jnp.pi))
 
-    # -- the interface shared with the non-Gaussian paths ---------------------------------
+    # -- the conditional law given x1 ----------------------------------------------------
 
     def sample_conditional(
-        self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x1: Float[Array, "*_dims"], *, key: PRNGKeyArray
+    ) -> Float[Array, "*_dims"]:
         """One draw ``x_t = alpha(t) x1 + sigma(t) eps``, ``eps ~ N(0, I)``, of ``p_t(. | x1)``.
 
         Args:
@@ -258,8 +283,8 @@ class AffinePath(AbstractPath):
         return self.sample(t, sample_flat(jr.normal, key, x1.shape, x1.dtype), x1)
 
     def conditional_velocity(
-        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
+    ) -> Float[Array, "*_dims"]:
         """The conditional field ``alpha' x1 + sigma' (x - alpha x1) / sigma`` at ``(t, x)``.
 
         Equal to ``target(t, x0, x1)`` at ``x = sample(t, x0, x1)``; singular where
@@ -279,7 +304,7 @@ class AffinePath(AbstractPath):
         return out.astype(x.dtype)
 
     def conditional_log_density(
-        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+        self, t: RealScalarLike, x: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
     ) -> Float[Array, ""]:
         """``log N(x; alpha(t) x1, sigma(t)^2 I)`` (all axes are event axes).
 
@@ -295,28 +320,6 @@ class AffinePath(AbstractPath):
         z = (x - a * x1) / s
         return (-0.5 * jnp.sum(z * z) - x.size * (jnp.log(s) + 0.5 * jnp.log(2 * jnp.pi))).astype(
             x.dtype
-        )
-
-    def sample_prior(
-        self,
-        n: int,
-        *,
-        key: PRNGKeyArray,
-        event_shape: tuple[int, ...] | None = None,
-        dtype=None,
-    ) -> Float[Array, "..."]:
-        """``n`` draws from the source ``N(0, prior_std^2 I)``: ``prior_sample((n, *event))``.
-
-        Args:
-            n: number of samples; key: PRNG key (keyword-only, required).
-            event_shape: the event shape; defaults to the path's ``event_shape``.
-            dtype: floating dtype (default: JAX's default float).
-
-        Returns:
-            ``(n, *event)``.
-        """
-        return self.prior_sample(
-            prior_shape(self.event_shape, n, event_shape), key=key, dtype=dtype
         )
 
 

@@ -9,10 +9,11 @@ marginal law of a linear forward SDE run in *diffusion time* ``s = 1 - t`` (data
     f(t) = -\frac{\alpha'(t)}{\alpha(t)}, \qquad
     g(t)^2 = 2 \frac{\alpha'(t)}{\alpha(t)} \sigma(t)^2 - 2 \sigma(t) \sigma'(t),
 
-(``'`` is ``d/dt``; the signs come from ``ds = -dt``). :class:`jfm.VP` gives score-SDE's VP
-SDE, ``f = -beta/2``, ``g^2 = beta`` and :class:`jfm.VE` the VE SDE, ``f = 0``,
-``g^2 = d sigma^2 / ds``; both have closed forms here. Callers never see diffusion time:
-every method takes the jfm time ``t``.
+(``'`` is ``d/dt``; the signs come from ``ds = -dt``). The coefficients live on the
+schedule (``schedule.drift_coeff``, ``schedule.diffusion_sq``): :class:`jfm.VP` gives
+score-SDE's VP SDE, ``f = -beta/2``, ``g^2 = beta`` and :class:`jfm.VE` the VE SDE,
+``f = 0``, ``g^2 = d sigma^2 / ds``, both in closed form. Callers never see diffusion
+time: every method takes the jfm time ``t``.
 """
 
 import equinox as eqx
@@ -22,7 +23,6 @@ from jaxtyping import Array, ArrayLike, Float
 from .._checks import check_array, check_scalar_time
 from .._custom_types import Args, RealScalarLike, VectorField
 from .affine import AffinePath
-from .schedule import VE, VP
 
 
 class DiffusionSDE(eqx.Module):
@@ -43,10 +43,12 @@ class DiffusionSDE(eqx.Module):
     ``u + g^2/2 score``).
 
     Checklist: per example, scalar jfm time ``t`` (``t = 0`` noise, ``t = 1`` data).
-    Closed forms for :class:`jfm.VP` (``f = -beta/2``, ``g = sqrt(beta)``) and
-    :class:`jfm.VE` (``f = 0``, ``g = sigma sqrt(2 log(sigma_max / sigma_min))``); other
-    schedules use the general formula, which divides by ``alpha`` (infinite at ``t = 0``
-    for CondOT-like schedules, where ``alpha(0) = 0``).
+    ``f`` and ``g^2`` are the schedule's ``drift_coeff``/``diffusion_sq``: closed forms
+    for every built-in schedule (e.g. :class:`jfm.VP`: ``f = -beta/2``, ``g = sqrt(beta)``;
+    :class:`jfm.VE`: ``f = 0``, ``g = sigma sqrt(2 log(sigma_max / sigma_min))``), the
+    general formula with ``jax.jvp`` derivatives for :class:`jfm.CustomSchedule`. Both
+    divide by ``alpha``: infinite at ``t = 0`` for CondOT-like schedules
+    (``alpha(0) = 0``).
 
     Args:
         path: an :class:`jfm.AffinePath`, e.g. ``jfm.AffinePath(jfm.VP())``.
@@ -73,28 +75,17 @@ class DiffusionSDE(eqx.Module):
             )
 
     def drift_coeff(self, t: RealScalarLike) -> Float[Array, ""]:
-        """``f(t) = -alpha'(t) / alpha(t)``, the forward drift coefficient (diffusion time)."""
-        t = check_scalar_time(t)
-        sch = self.path.schedule
-        if isinstance(sch, VP):
-            return -0.5 * sch.beta(t)
-        if isinstance(sch, VE):
-            return jnp.zeros_like(t)
-        return -sch.d_alpha(t) / sch.alpha(t)
+        """``f(t) = -alpha'(t) / alpha(t)``, the forward drift coefficient (diffusion time):
+        ``path.schedule.drift_coeff(t)``."""
+        return self.path.schedule.drift_coeff(check_scalar_time(t))
 
     def diffusion(self, t: RealScalarLike) -> Float[Array, ""]:
-        """``g(t) >= 0``, the diffusion coefficient of the forward (and reverse) SDE."""
-        t = check_scalar_time(t)
-        sch = self.path.schedule
-        if isinstance(sch, VP):
-            return jnp.sqrt(sch.beta(t))
-        if isinstance(sch, VE):
-            return sch.sigma(t) * jnp.sqrt(2 * jnp.log(sch.sigma_max / sch.sigma_min))
-        a, s = sch.alpha(t), sch.sigma(t)
-        g2 = 2 * sch.d_alpha(t) / a * s**2 - 2 * s * sch.d_sigma(t)
+        """``g(t) >= 0``, the diffusion coefficient of the forward (and reverse) SDE:
+        ``sqrt(max(path.schedule.diffusion_sq(t), 0))`` (the clip removes round-off)."""
+        g2 = self.path.schedule.diffusion_sq(check_scalar_time(t))
         return jnp.sqrt(jnp.maximum(g2, 0))
 
-    def drift(self, t: RealScalarLike, x: Float[ArrayLike, "*event"]) -> Float[Array, "*event"]:
+    def drift(self, t: RealScalarLike, x: Float[ArrayLike, "*_event"]) -> Float[Array, "*_event"]:
         """The forward drift ``f(t) x`` (per diffusion time ``s``) of ONE example."""
         x = check_array(x, "x")
         return (self.drift_coeff(t) * x).astype(x.dtype)

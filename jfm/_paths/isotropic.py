@@ -10,7 +10,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float
 
-from .._checks import check_name, is_concrete
+from .._checks import check_bool, check_callable, check_name, is_concrete
 from .._custom_types import RealScalarLike
 from .base import check_event_shape
 from .radial import AbstractRadialPath, log_sphere_area, safe_norm
@@ -161,7 +161,7 @@ class IsotropicPath(AbstractRadialPath):
     jittable, vmappable, differentiable by the implicit function theorem); the direction
     uniform on the sphere. ``sample(t, x0, x1)`` maps a prior draw ``x0`` along the
     conditional flow: ``x1 + psi_tau^{-1}(psi_T(||x0||)) x0 / ||x0||``, so
-    :func:`jfm.cfm_loss` trains on this path with ``pred="velocity"``.
+    :func:`jfm.cfm_loss` trains on this path with ``kind="velocity"``.
 
     Numerics: where ``psi`` saturates in floating point (``psi = 1``, e.g. ``r >> tau``
     for ``tanh``), ``d psi/dr`` underflows and the density is ``0`` and the field
@@ -182,7 +182,8 @@ class IsotropicPath(AbstractRadialPath):
         cdf: ``cdf(tau, r) -> scalar`` for scalar ``tau, r``, jit-traceable and
             differentiable (static: compared by identity).
         T: the construction's prior time ``tau(t = 0)`` (``> 0``, default 1).
-        event_shape: optional event shape, used by ``sample_prior(n, key=)``.
+        event_shape: optional event shape; ``prior_sample(shape)`` then splits ``shape``
+            into batch and event axes by it (else ``shape[0]`` is the batch axis).
         validate: run :func:`jfm.check_cdf` at construction (when ``T`` is concrete) and
             raise on any problem (default ``True``).
 
@@ -192,8 +193,8 @@ class IsotropicPath(AbstractRadialPath):
 
     Examples:
         >>> import jax, jax.numpy as jnp, jfm
-        >>> path = jfm.IsotropicPath(cdf=lambda tau, r: jnp.tanh(r / tau), event_shape=(2,))
-        >>> path.sample_prior(4, key=jax.random.key(0)).shape
+        >>> path = jfm.IsotropicPath(cdf=lambda tau, r: jnp.tanh(r / tau))
+        >>> path.prior_sample((4, 2), key=jax.random.key(0)).shape
         (4, 2)
         >>> path.conditional_velocity(0.5, jnp.array([0.3, 0.4]), jnp.zeros(2))
         Array([-0.6, -0.8], dtype=float32)
@@ -205,11 +206,9 @@ class IsotropicPath(AbstractRadialPath):
     validate: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        if not callable(self.cdf):
-            raise TypeError(f"`cdf` must be callable cdf(tau, r) -> scalar; got {type(self.cdf)}.")
+        check_callable(self.cdf, "cdf", "(tau, r) -> scalar")
         check_event_shape(self.event_shape)
-        if not isinstance(self.validate, bool):
-            raise TypeError(f"`validate` must be a bool; got {self.validate!r}.")
+        check_bool(self.validate, "validate")
         if is_concrete(self.T):
             if jnp.shape(self.T) != () or not float(self.T) > 0:
                 raise ValueError(f"`T` must be a positive scalar; got T={self.T!r}.")
@@ -285,8 +284,8 @@ class IsotropicPath(AbstractRadialPath):
     # -- coupling form -------------------------------------------------------------------
 
     def sample(
-        self, t: RealScalarLike, x0: Float[Array, "*dims"], x1: Float[Array, "*dims"]
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x0: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
+    ) -> Float[Array, "*_dims"]:
         """Map a prior draw ``x0`` along the conditional flow to jfm time ``t``.
 
         ``x_t = x1 + psi_tau^{-1}(psi_T(||x0||)) x0 / ||x0||`` with ``tau = T (1 - t)``:
@@ -309,14 +308,18 @@ class IsotropicPath(AbstractRadialPath):
     def target(
         self,
         t: RealScalarLike,
-        x0: Float[Array, "*dims"],
-        x1: Float[Array, "*dims"],
+        x0: Float[Array, "*_dims"],
+        x1: Float[Array, "*_dims"],
         kind: str = "velocity",
-    ) -> Float[Array, "*dims"]:
+    ) -> Float[Array, "*_dims"]:
         """The conditional target: the velocity at ``sample(t, x0, x1)`` (``kind="velocity"``).
 
         Only the velocity: it is not affine in ``x1`` or ``x0``, so other
-        parametrizations would not convert marginal predictions into velocities.
+        parametrizations would not convert marginal predictions into velocities (this is
+        an :class:`jfm.AbstractFlowPath`, not an :class:`jfm.AbstractConvertiblePath`).
+
+        Raises:
+            ValueError: ``kind`` other than ``"velocity"``.
         """
         check_name(kind, "kind", _KINDS)
         return self.conditional_velocity(t, self.sample(t, x0, x1), x1)

@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float
 
-from .._checks import check_name, check_scalar_time, is_concrete
+from .._checks import check_int, check_name, check_scalar_time, is_concrete
 from .._custom_types import RealScalarLike
-from .base import check_event_shape
+from .base import AbstractConvertiblePath, check_event_shape
 from .radial import AbstractRadialPath
 
 _KINDS: tuple[str, ...] = ("velocity", "x1", "x0")
 
 
-class PoissonPath(AbstractRadialPath):
+class PoissonPath(AbstractRadialPath, AbstractConvertiblePath):
     r"""Poisson flow (PFGM / PFGM++): the electric field of the data in ``N + D`` dims.
 
     The data ``x in R^N`` is augmented with ``D`` extra coordinates of norm ``r``; the
@@ -64,12 +64,13 @@ class PoissonPath(AbstractRadialPath):
     Args:
         r_max: the prior's radius ``r(0)`` (``> 0``), several times the data's spread.
         aug_dim: ``D``, the number of augmented dimensions (PFGM: 1; PFGM++: any ``>= 1``).
-        event_shape: optional event shape, used by ``sample_prior(n, key=)``.
+        event_shape: optional event shape; ``prior_sample(shape)`` then splits ``shape``
+            into batch and event axes by it (else ``shape[0]`` is the batch axis).
 
     Examples:
         >>> import jax, jax.numpy as jnp, jfm
-        >>> path = jfm.PoissonPath(r_max=10.0, event_shape=(2,))
-        >>> path.sample_prior(3, key=jax.random.key(0)).shape
+        >>> path = jfm.PoissonPath(r_max=10.0)
+        >>> path.prior_sample((3, 2), key=jax.random.key(0)).shape
         (3, 2)
         >>> path.conditional_velocity(0.5, jnp.ones(2), jnp.zeros(2))
         Array([-2., -2.], dtype=float32)
@@ -85,8 +86,7 @@ class PoissonPath(AbstractRadialPath):
     event_shape: tuple[int, ...] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        if isinstance(self.aug_dim, bool) or not isinstance(self.aug_dim, int) or self.aug_dim < 1:
-            raise ValueError(f"`aug_dim` must be an int >= 1 (PFGM: 1); got {self.aug_dim!r}.")
+        check_int(self.aug_dim, "aug_dim", 1)
         check_event_shape(self.event_shape)
         if is_concrete(self.r_max):
             r = jnp.asarray(self.r_max)
@@ -123,8 +123,8 @@ class PoissonPath(AbstractRadialPath):
     # -- coupling form x_t = x1 + (1 - t) x0 ---------------------------------------------
 
     def sample(
-        self, t: RealScalarLike, x0: Float[Array, "*dims"], x1: Float[Array, "*dims"]
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x0: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
+    ) -> Float[Array, "*_dims"]:
         """``x_t = x1 + (1 - t) x0`` for a prior draw ``x0`` (the conditional flow map).
 
         Args:
@@ -139,11 +139,15 @@ class PoissonPath(AbstractRadialPath):
     def target(
         self,
         t: RealScalarLike,
-        x0: Float[Array, "*dims"],
-        x1: Float[Array, "*dims"],
+        x0: Float[Array, "*_dims"],
+        x1: Float[Array, "*_dims"],
         kind: str = "velocity",
-    ) -> Float[Array, "*dims"]:
-        """The conditional regression target: ``velocity`` ``-x0``; ``x1``; ``x0``."""
+    ) -> Float[Array, "*_dims"]:
+        """The conditional regression target: ``velocity`` ``-x0``; ``x1``; ``x0``.
+
+        Raises:
+            ValueError: ``kind`` not one of ``"velocity"``, ``"x1"``, ``"x0"``; shapes.
+        """
         check_name(kind, "kind", _KINDS)
         _, x0, x1 = self._pair(t, x0, x1, "x0", "x1")
         return {"velocity": -x0, "x1": x1, "x0": x0}[kind]
@@ -151,17 +155,27 @@ class PoissonPath(AbstractRadialPath):
     def convert(
         self,
         t: RealScalarLike,
-        x: Float[Array, "*dims"],
-        pred: Float[Array, "*dims"],
+        x: Float[Array, "*_dims"],
+        pred: Float[Array, "*_dims"],
         *,
         src: str,
         dst: str,
-    ) -> Float[Array, "*dims"]:
+    ) -> Float[Array, "*_dims"]:
         """Convert a prediction at ``(t, x)`` between ``"velocity"``, ``"x1"``, ``"x0"``.
 
         From ``x = x1 + (1 - t) x0`` and ``v = -x0``: ``x0 = (x - x1) / (1 - t)``,
         ``x1 = x - (1 - t) x0``. Conversions from ``x1`` divide by ``1 - t`` (singular at
         the data end ``t = 1``).
+
+        Args:
+            t: scalar time; x: ``(*dims,)`` the point ``x_t``; pred: ``(*dims,)``.
+            src, dst: each one of ``"velocity"``, ``"x1"``, ``"x0"``.
+
+        Returns:
+            ``(*dims,)`` in ``x``'s dtype.
+
+        Raises:
+            ValueError: unknown ``src``/``dst`` (``"score"`` is not offered); shapes.
         """
         check_name(src, "src", _KINDS)
         check_name(dst, "dst", _KINDS)

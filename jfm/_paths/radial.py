@@ -20,7 +20,7 @@ from .._checks import check_array, check_key, check_scalar_time
 from .._custom_types import RealScalarLike
 from .._misc import sample_flat
 from .affine import _check_pair
-from .base import AbstractPath, prior_shape, split_prior_shape
+from .base import AbstractFlowPath, split_prior_shape
 
 
 def log_sphere_area(d: int) -> float:
@@ -51,12 +51,12 @@ def _radius(diff: Array) -> Array:
     return jnp.maximum(safe_norm(diff), jnp.finfo(diff.dtype).tiny)
 
 
-class AbstractRadialPath(AbstractPath):
+class AbstractRadialPath(AbstractFlowPath):
     r"""A path ``p_t(x | x1)`` that is a function of ``r = ||x - x1||`` only.
 
     Subclasses define the density as a function of the radius, the radial velocity factor
-    and a radius sampler; this class derives the common interface shared with
-    :class:`jfm.AffinePath`:
+    and a radius sampler (and ``sample``/``target`` of :class:`jfm.AbstractFlowPath`); this
+    class derives the rest of the path interface:
 
     - ``sample_conditional(t, x1, key=)``: ``x1 + R_t u``, ``u`` uniform on the sphere;
     - ``conditional_velocity(t, x, x1) = c_t(r) (x - x1)``;
@@ -64,9 +64,10 @@ class AbstractRadialPath(AbstractPath):
     - ``r`` is floored at the dtype's smallest normal number (``x = x1`` exactly gives the
       finite limits there, with zero velocity);
     - the prior is the conditional law at ``t = 0`` centred at the origin
-      (``sample_prior``, ``prior_sample``, ``prior_log_prob``): an approximation of the
-      true ``t = 0`` marginal (data convolved with the kernel) that is good when the
-      prior's scale is large compared with the data's spread.
+      (``prior_sample``, ``prior_log_prob``): an approximation of the true ``t = 0``
+      marginal (data convolved with the kernel) that is good when the prior's scale is
+      large compared with the data's spread;
+    - ``x0_sample`` is ``prior_sample``: ``sample(t, x0, x1)`` maps a prior draw.
 
     Per example (``x`` of event shape, all axes count: ``d = x.size``); scalar ``t``.
     """
@@ -95,7 +96,7 @@ class AbstractRadialPath(AbstractPath):
         return check_scalar_time(t).astype(x.dtype), x, x1.astype(x.dtype)
 
     def conditional_log_density(
-        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
+        self, t: RealScalarLike, x: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
     ) -> Float[Array, ""]:
         """``log p_t(x | x1)`` (normalized, per volume of ``R^d``, ``d = x.size``).
 
@@ -109,8 +110,8 @@ class AbstractRadialPath(AbstractPath):
         return self._log_density_at_radius(t, _radius(x - x1), x.size).astype(x.dtype)
 
     def conditional_velocity(
-        self, t: RealScalarLike, x: Float[Array, "*dims"], x1: Float[Array, "*dims"]
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x: Float[Array, "*_dims"], x1: Float[Array, "*_dims"]
+    ) -> Float[Array, "*_dims"]:
         """The conditional field ``dx/dt = c_t(||x - x1||) (x - x1)`` in jfm time.
 
         Args:
@@ -125,8 +126,8 @@ class AbstractRadialPath(AbstractPath):
         return (self._velocity_factor(t, _radius(diff), x.size) * diff).astype(x.dtype)
 
     def sample_conditional(
-        self, t: RealScalarLike, x1: Float[Array, "*dims"], *, key: PRNGKeyArray
-    ) -> Float[Array, "*dims"]:
+        self, t: RealScalarLike, x1: Float[Array, "*_dims"], *, key: PRNGKeyArray
+    ) -> Float[Array, "*_dims"]:
         """One draw ``x_t = x1 + R_t u`` from ``p_t(. | x1)``.
 
         Args:
@@ -143,39 +144,34 @@ class AbstractRadialPath(AbstractPath):
         radius = self._sample_radius(t, key_r, x1.size, x1.dtype)
         return (x1 + radius * uniform_direction(key_u, x1.shape, x1.dtype)).astype(x1.dtype)
 
-    def sample_prior(
-        self,
-        n: int,
-        *,
-        key: PRNGKeyArray,
-        event_shape: tuple[int, ...] | None = None,
-        dtype=None,
-    ) -> Float[Array, "..."]:
-        """``n`` draws from the prior (the conditional law at ``t = 0`` around the origin).
-
-        Args:
-            n: number of samples.
-            key: PRNG key (keyword-only, required).
-            event_shape: the event shape; defaults to the path's ``event_shape``.
-            dtype: floating dtype (default: JAX's default float).
-
-        Returns:
-            ``(n, *event)``.
-        """
-        check_key(key)
-        shape = prior_shape(self._event_shape, n, event_shape)
-        return self._prior_draws(shape[:1], shape[1:], key, dtype)
-
     def prior_sample(
         self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None
     ) -> Float[Array, "..."]:
-        """Draw prior samples of ``shape = (*batch, *event)`` (see ``sample_prior``).
+        """Draws from the prior (the conditional law at ``t = 0`` around the origin).
 
-        Without an ``event_shape`` on the path, ``shape[0]`` is the batch axis.
+        Args:
+            shape: ``(*batch, *event)``. The trailing axes are the event when the path was
+                built with ``event_shape``; otherwise ``shape[0]`` is the one batch axis.
+            key: PRNG key (keyword-only, required); split into one key per draw.
+            dtype: floating dtype (default: JAX's default float).
+
+        Returns:
+            An array of ``shape``.
+
+        Raises:
+            TypeError: bad ``key``, ``shape`` or ``dtype``.
+            ValueError: ``shape`` not ending with ``event_shape``; fewer than 2 axes
+                without an ``event_shape``.
         """
         check_key(key)
         batch, event = split_prior_shape(self._event_shape, shape)
         return self._prior_draws(batch, event, key, dtype)
+
+    def x0_sample(
+        self, shape: tuple[int, ...], *, key: PRNGKeyArray, dtype=None
+    ) -> Float[Array, "..."]:
+        """Draws of ``x0`` for ``sample(t, x0, x1)``: prior draws (:meth:`prior_sample`)."""
+        return self.prior_sample(shape, key=key, dtype=dtype)
 
     def _prior_draws(self, batch, event, key, dtype):
         dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
@@ -188,7 +184,7 @@ class AbstractRadialPath(AbstractPath):
         draws = jax.vmap(lambda k: self.sample_conditional(t0, origin, key=k))(keys)
         return draws.reshape(*batch, *event)
 
-    def prior_log_prob(self, x: Float[Array, "*dims"]) -> Float[Array, ""]:
+    def prior_log_prob(self, x: Float[Array, "*_dims"]) -> Float[Array, ""]:
         """``log p_0(x | 0)``, the prior's log-density at ONE example ``x``."""
         x = check_array(x, "x")
         return self.conditional_log_density(jnp.zeros((), x.dtype), x, jnp.zeros_like(x))

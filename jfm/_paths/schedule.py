@@ -1,4 +1,4 @@
-"""Noise schedules ``(alpha_t, sigma_t)`` for the affine Gaussian path.
+r"""Noise schedules ``(alpha_t, sigma_t)`` for the affine Gaussian path.
 
 Convention (jfm-wide): ``t = 0`` is the noise end and ``t = 1`` the data end, and the
 path is ``x_t = alpha(t) * x1 + sigma(t) * x0`` with ``x0 ~ N(0, I)``. A schedule is a
@@ -7,6 +7,19 @@ be built inside ``jax.jit`` and differentiated with respect to its parameters.
 
 Time derivatives default to forward-mode autodiff (``jax.jvp``); schedules with a
 closed form override ``d_alpha``/``d_sigma`` (each is tested against ``jax.jvp``).
+
+Each schedule also carries the SDE view of its path: the affine path is the marginal law
+of the linear forward (noising) SDE ``dX = f(t) X ds + g(t) dW_s`` run in diffusion time
+``s = 1 - t`` (data at ``s = 0``), with
+
+.. math::
+    f(t) = -\frac{\alpha'(t)}{\alpha(t)}, \qquad
+    g(t)^2 = 2 \frac{\alpha'(t)}{\alpha(t)} \sigma(t)^2 - 2 \sigma(t) \sigma'(t)
+
+(``'`` is ``d/dt``; the signs come from ``ds = -dt``): ``drift_coeff`` and
+``diffusion_sq``, closed forms where known (VP: ``f = -beta/2``, ``g^2 = beta``; VE:
+``f = 0``, ``g^2 = 2 sigma^2 log(sigma_max / sigma_min)``), else this formula from the
+schedule's derivatives. :class:`jfm.DiffusionSDE` uses them.
 """
 
 import abc
@@ -53,6 +66,18 @@ class AbstractSchedule(eqx.Module):
         """``d sigma / dt`` at ``t`` (by ``jax.jvp`` unless overridden with a closed form)."""
         return _jvp_scalar(self.sigma, t)
 
+    def drift_coeff(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        """``f(t) = -alpha'(t) / alpha(t)``, the drift coefficient of the forward SDE
+        ``dX = f X ds + g dW_s`` (diffusion time ``s = 1 - t``); infinite where
+        ``alpha = 0``."""
+        return -self.d_alpha(t) / self.alpha(t)
+
+    def diffusion_sq(self, t: Float[Array, ""]) -> Float[Array, ""]:
+        """``g(t)^2 = 2 (alpha'/alpha) sigma^2 - 2 sigma sigma'``, the squared diffusion of
+        the forward SDE (see the module docstring); infinite where ``alpha = 0``."""
+        a, s = self.alpha(t), self.sigma(t)
+        return 2 * self.d_alpha(t) / a * s**2 - 2 * s * self.d_sigma(t)
+
     @property
     def prior_std(self) -> float:
         """Standard deviation of the source distribution ``N(0, prior_std^2 I)``."""
@@ -81,6 +106,13 @@ class CondOT(AbstractSchedule):
     def d_sigma(self, t):
         return -jnp.ones_like(jnp.asarray(t))
 
+    def drift_coeff(self, t):
+        return -1 / jnp.asarray(t)  # -alpha'/alpha = -1/t
+
+    def diffusion_sq(self, t):
+        t = jnp.asarray(t)
+        return 2 * (1 - t) / t  # 2 (1-t)^2 / t + 2 (1 - t)
+
 
 class Cosine(AbstractSchedule):
     """Trigonometric (variance-preserving) schedule: ``alpha = sin(pi t / 2)``,
@@ -102,6 +134,15 @@ class Cosine(AbstractSchedule):
 
     def d_sigma(self, t):
         return -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * jnp.asarray(t))
+
+    def drift_coeff(self, t):
+        u = 0.5 * jnp.pi * jnp.asarray(t)
+        return -0.5 * jnp.pi * jnp.cos(u) / jnp.sin(u)
+
+    def diffusion_sq(self, t):
+        # pi cot(u) cos^2(u) + pi sin(u) cos(u) = pi cot(u), u = pi t / 2.
+        u = 0.5 * jnp.pi * jnp.asarray(t)
+        return jnp.pi * jnp.cos(u) / jnp.sin(u)
 
 
 class Polynomial(AbstractSchedule):
@@ -131,6 +172,14 @@ class Polynomial(AbstractSchedule):
 
     def d_sigma(self, t):
         return -self.d_alpha(t)
+
+    def drift_coeff(self, t):
+        return -self.n / jnp.asarray(t)
+
+    def diffusion_sq(self, t):
+        # 2 (n / t) (1 - t^n)^2 + 2 (1 - t^n) n t^(n-1) = 2 n (1 - t^n) / t.
+        t = jnp.asarray(t)
+        return 2 * self.n * (1 - t**self.n) / t
 
 
 class VP(AbstractSchedule):
@@ -191,6 +240,12 @@ class VP(AbstractSchedule):
         a = self.alpha(t)
         return -a * self.d_alpha(t) / self.sigma(t)
 
+    def drift_coeff(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_sq(self, t):
+        return self.beta(t)
+
 
 class VE(AbstractSchedule):
     """Variance-exploding diffusion (score-SDE's VE SDE / NCSN), in jfm's time.
@@ -231,6 +286,13 @@ class VE(AbstractSchedule):
 
     def d_sigma(self, t):
         return -self.sigma(t) * jnp.log(self.sigma_max / self.sigma_min)
+
+    def drift_coeff(self, t):
+        return jnp.zeros_like(jnp.asarray(t))
+
+    def diffusion_sq(self, t):
+        # d sigma^2 / ds = 2 sigma^2 log(sigma_max / sigma_min), s = 1 - t.
+        return 2 * self.sigma(t) ** 2 * jnp.log(self.sigma_max / self.sigma_min)
 
     @property
     def prior_std(self):
