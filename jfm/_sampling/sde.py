@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._checks import check_batch, check_callable, check_key, check_positive, is_concrete
 from .._custom_types import Args, RealScalarLike, VectorField
-from .._paths import AffinePath
+from .._paths import AbstractConvertiblePath
 from .base import Noise, Setup, Solution, check_common, check_solver, run, setup
 
 #: Default resolution of the Brownian tree for adaptive steps, relative to ``t1 - t0``.
@@ -95,17 +95,18 @@ def check_diffusion(diffusion, t0, t1, dtype) -> Diffusion:
 class MarginalDrift(eqx.Module):
     """``u(t, x) + g(t)^2 / 2 * s(t, x)`` for one example.
 
-    ``score`` is a score field, or an :class:`jfm.AffinePath` through which the score is
-    converted from the same velocity evaluation (one field call per drift evaluation).
+    ``score`` is a score field, or a path with parametrization conversions (e.g. an
+    :class:`jfm.AffinePath`) through which the score is converted from the same velocity
+    evaluation (one field call per drift evaluation).
     """
 
     velocity: VectorField
-    score: VectorField | AffinePath
+    score: VectorField | AbstractConvertiblePath
     diffusion: Diffusion
 
     def __call__(self, t, x, args):
         u = call_field(self.velocity, "velocity", t, x, args)
-        if isinstance(self.score, AffinePath):
+        if isinstance(self.score, AbstractConvertiblePath):
             s = self.score.convert(t, x, u, src="velocity", dst="score")
         else:
             s = call_field(self.score, "score", t, x, args)
@@ -115,7 +116,7 @@ class MarginalDrift(eqx.Module):
 
 def check_fields(velocity, score):
     check_callable(velocity, "velocity")
-    if not isinstance(score, AffinePath):
+    if not isinstance(score, AbstractConvertiblePath):
         check_callable(score, "score")
 
 
@@ -176,7 +177,7 @@ def with_brownian_noise(plan: Setup, solver, brownian_tol) -> Setup:
 
 def sample_sde(
     velocity: VectorField,
-    score: VectorField | AffinePath,
+    score: VectorField | AbstractConvertiblePath,
     x0: Float[ArrayLike, " batch *event"],
     *,
     diffusion: RealScalarLike | Callable,
