@@ -86,15 +86,17 @@ def check_scalar(value, name: str, dtype=None, *, lo=None, hi=None, strict_lo: b
     """
     if isinstance(value, bool) or not isinstance(value, _REAL):
         raise TypeError(f"`{name}` must be a real scalar (float or 0-d array); got {type(value)}.")
+    if jnp.shape(value) != ():
+        raise ValueError(f"`{name}` must be a scalar (shape ()); got shape {jnp.shape(value)}.")
+    # Read the value before jnp.asarray: under jit even a Python number becomes a tracer.
+    concrete = None if isinstance(value, jax.core.Tracer) else float(value)
     value = jnp.asarray(value)
-    if value.shape != ():
-        raise ValueError(f"`{name}` must be a scalar (shape ()); got shape {value.shape}.")
     if dtype is not None:
         value = value.astype(dtype)
     elif not jnp.issubdtype(value.dtype, jnp.floating):
         value = value.astype(jnp.result_type(float))
-    if is_concrete(value):
-        v = float(value)
+    if concrete is not None:
+        v = concrete
         if not np.isfinite(v):
             raise ValueError(f"`{name}` must be finite; got {name}={v}.")
         if lo is not None and (v <= lo if strict_lo else v < lo):
@@ -118,11 +120,12 @@ def check_scalar_time(t, name: str = "t", lo: float = 0.0, hi: float = 1.0):
             f"`{name}` must be a scalar (shape ()); got shape {jnp.shape(t)}. jfm's path and "
             "field maths act on one example: batch with jax.vmap."
         )
+    concrete = None if isinstance(t, jax.core.Tracer) else float(t)
     t = jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.floating):
         t = t.astype(jnp.result_type(float))
-    if is_concrete(t) and not (lo <= float(t) <= hi):
-        raise ValueError(f"`{name}` must lie in [{lo}, {hi}]; got {name}={float(t)}.")
+    if concrete is not None and not (lo <= concrete <= hi):
+        raise ValueError(f"`{name}` must lie in [{lo}, {hi}]; got {name}={concrete}.")
     return t
 
 
