@@ -88,21 +88,21 @@ def train(path, loss_kind, pred, data_fn, args, key):
     apply = SquashedApply(apply, args.squash)
     opt = optax.adam(args.lr)
     if loss_kind == "cfm":
-        loss_fn = functools.partial(jfm.cfm_loss, path=path, pred=pred)
+        loss_fn = functools.partial(jfm.cfm_loss, path=path, kind=pred)
     else:
-        loss_fn = functools.partial(jfm.empirical_field_loss, path=path, pred=pred)
+        loss_fn = functools.partial(jfm.empirical_field_loss, path=path, kind=pred)
     step = jfm.make_train_step(apply, opt, loss_fn, ema_decay=0.999)
     state = jfm.init_train_state(params, opt, ema=True)
     t0 = time.perf_counter()
     state, hist = jfm.fit(
         step, state, jax.jit(data_fn), steps=args.steps, key=key, progress=False, log_every=500
     )
-    field = jfm.field_from_model(apply, state.ema_params, path=path, pred=pred)
+    field = jfm.field_from_model(apply, state.ema_params, path=path, kind=pred)
     return field, time.perf_counter() - t0
 
 
 def evaluate(field, path, ref, args, key):
-    x0 = path.sample_prior(args.n_eval, key=key, event_shape=(2,), dtype=ref.dtype)
+    x0 = path.prior_sample((args.n_eval, 2), key=key, dtype=ref.dtype)
     t1 = 1.0 - args.t_eps
     out = {}
     sol = jfm.sample_ode(
@@ -171,7 +171,7 @@ def main(argv=None):
         )
         # Exact empirical field of n_exact points: solver cost of the path itself.
         ef = jfm.empirical_field(path, exact_data)
-        x0 = path.sample_prior(args.n_eval, key=k_eval, event_shape=(2,))
+        x0 = path.prior_sample((args.n_eval, 2), key=k_eval)
         sol = jfm.sample_ode(
             ef,
             x0,

@@ -145,7 +145,7 @@ def make_trainer(task, method, args):
     def loss_fn(apply, params, batch, *, key):
         x0, x1 = batch
         return jfm.cfm_loss(
-            apply, params, x1, x0=x0, path=path, key=key, sigma_min=sigma_min, coupling=coupling
+            apply, params, x1, x0=x0, path=path, key=key, smoothing=sigma_min, coupling=coupling
         )
 
     train_step = jfm.make_train_step(apply, optimizer, loss_fn)

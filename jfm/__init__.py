@@ -34,16 +34,14 @@ from ._paths import (
 from ._analytic import GaussianMixture as GaussianMixture, MixtureField as MixtureField
 
 # -- fields: model adapters, score <-> velocity, guidance -----------------------------------
-from ._model import (
-    ModelField as ModelField,
-    field_from_model as field_from_model,
-    split_model as split_model,
-)
 from ._fields import (
+    ModelField as ModelField,
     ScoreFromVelocity as ScoreFromVelocity,
     classifier_free_guidance as classifier_free_guidance,
     density_guidance as density_guidance,
+    field_from_model as field_from_model,
     score_from_velocity as score_from_velocity,
+    split_model as split_model,
 )
 from ._empirical import EmpiricalField as EmpiricalField, empirical_field as empirical_field
 

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, PyTree
 
-from ._checks import check_array, check_callable, check_parametrization, check_scalar_time
-from ._custom_types import ApplyFn, Args, RealScalarLike
-from ._paths import AbstractConvertiblePath, AbstractPath
-from ._paths.base import require_path
+from .._checks import check_array, check_callable, check_parametrization, check_scalar_time
+from .._custom_types import ApplyFn, Args, RealScalarLike
+from .._paths import AbstractConvertiblePath, AbstractPath
+from .._paths.base import require_path
 
 
 class _MergeApply(eqx.Module):
