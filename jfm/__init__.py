@@ -90,7 +90,6 @@ from ._train import (
 
 # -- diagnostics --------------------------------------------------------------------------
 from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
-from .metrics import energy_distance as energy_distance
 
 # -- multi-device (to move into jfm.distributed) --------------------------------------------
 from ._distributed import (

@@ -9,7 +9,6 @@ from ._embed import (
     sinusoidal_embedding as sinusoidal_embedding,
 )
 from ._mlp import MLP as MLP
-
 from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,
