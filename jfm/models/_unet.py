@@ -51,9 +51,9 @@ def _lecun_normal(key, shape, dtype=jnp.float32):
     a flat draw of the next power-of-two size, so the draw compiles once per size class
     instead of once per kernel shape. Measured: the wall time of
     ``UNet(1, image_size=8, **unet_config("tiny"), rngs=nnx.Rngs(0))`` in a fresh process
-    (XLA:CPU, JAX 0.10.2, 2 shared cores) was 36.5 s with flax's
+    (XLA:CPU, JAX 0.10.2, 2 shared cores, 4 runs each) was 22-40 s with flax's
     ``nnx.initializers.lecun_normal()`` (18 kernel shapes, each its own compile, the
-    rank-4 ones the slow ones) and 12.2 s with this function (8 sizes); with zero init,
+    rank-4 ones the slow ones) and 6-12 s with this function (8 sizes); with zero init,
     the floor, 3.6 s.
 
     Under threefry with ``jax_threefry_partitionable`` (JAX's default), element ``i`` of
