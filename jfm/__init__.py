@@ -98,7 +98,6 @@ from ._train import (
 
 # -- diagnostics --------------------------------------------------------------------------
 from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
-from .metrics import energy_distance as energy_distance
 
 # -- subpackages that build on the names above ---------------------------------------------
 from . import distributed as distributed  # meshes, shardings and sharded training

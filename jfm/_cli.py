@@ -364,8 +364,8 @@ def cmd_demo(a) -> int:
     x1 = jax.block_until_ready(res.x1)
     t_sample = time.perf_counter() - t
     data = held_out(jr.key(a.seed + 2), a.n)
-    ed = float(jfm.energy_distance(x1, data))
-    floor = float(jfm.energy_distance(held_out(jr.key(a.seed + 3), a.n), data))
+    ed = float(jfm.metrics.energy_distance(x1, data))
+    floor = float(jfm.metrics.energy_distance(held_out(jr.key(a.seed + 3), a.n), data))
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     _plot_2d(axes[0], data, f"held-out data (n={a.n})")

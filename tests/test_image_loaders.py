@@ -57,7 +57,7 @@ def test_image_npz_never_unpickles(tmp_path):
     x = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)
     y = np.arange(5)
     np.savez(tmp_path / "grey.npz", x=x, y=y)
-    got, labels = jfm.data.load_image_npz(tmp_path / "grey.npz", labels_key="y")
+    got, labels = jfm.data.load_image_npz(tmp_path / "grey.npz", labels_name="y")
     np.testing.assert_array_equal(got, x[..., None])
     np.testing.assert_array_equal(labels, y)
     unit = jfm.data.to_unit_range(got)

@@ -54,8 +54,15 @@ def test_sinusoidal_embedding_errors():
 
 
 @functools.cache  # construction compiles initialisers: build each network once
-def _small_net(size):
-    return jfm.models.MLP(size, hidden_features=16, depth=2, time_embed_dim=8, rngs=nnx.Rngs(0))
+def _small_net(size, num_classes=None):
+    return jfm.models.MLP(
+        size,
+        hidden_features=16,
+        depth=2,
+        time_embed_dim=8,
+        num_classes=num_classes,
+        rngs=nnx.Rngs(0),
+    )
 
 
 @pytest.mark.parametrize("event", [(2,), (4, 4, 1)])
@@ -96,9 +103,7 @@ def test_mlp_computes_in_input_dtype_and_param_dtype():
 
 
 def test_mlp_class_conditioning(getkey):
-    net = jfm.models.MLP(
-        2, hidden_features=16, depth=2, time_embed_dim=8, num_classes=3, rngs=nnx.Rngs(0)
-    )
+    net = _small_net(2, num_classes=3)
     assert net.class_embed.embedding.shape == (4, 8)  # K + 1 rows: the null class
     x = jr.normal(getkey(), (4, 2))
     t = jnp.full(4, 0.5)
@@ -118,10 +123,8 @@ def test_mlp_class_conditioning(getkey):
 
 
 def test_mlp_errors():
-    net = jfm.models.MLP(4, hidden_features=8, depth=1, time_embed_dim=4, rngs=nnx.Rngs(0))
-    cond = jfm.models.MLP(
-        4, hidden_features=8, depth=1, time_embed_dim=4, num_classes=2, rngs=nnx.Rngs(0)
-    )
+    net = _small_net(4)
+    cond = _small_net(4, num_classes=2)
     x = jnp.zeros((3, 2, 2))
     with raises_arg(ValueError, "x"):
         net(jnp.zeros(3), jnp.zeros((3, 3)))

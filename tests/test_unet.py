@@ -1,6 +1,7 @@
 """Tests for the U-Net (jfm/models/_unet.py)."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,41 @@ SMALL = dict(
 )
 
 
-def perturbed(net, key, scale=0.1):
-    """(apply jitted, params) with all parameters randomised (zero-init layers non-zero)."""
+# Building a U-Net and compiling its forward pass cost seconds each on CPU: the networks
+# and their jitted applies are built once per module and shared by the tests.
+
+
+@pytest.fixture(scope="module")
+def net64():
+    """The SMALL U-Net, class-conditional (3 classes + the null class), float64 params."""
+    return UNet(1, **SMALL, num_classes=3, param_dtype=jnp.float64, rngs=nnx.Rngs(2))
+
+
+@pytest.fixture(scope="module")
+def net32():
+    """The unconditional SMALL U-Net with float32 parameters."""
+    return UNet(1, **SMALL, rngs=nnx.Rngs(1))
+
+
+@pytest.fixture(scope="module")
+def apply64(net64):
+    """``jax.jit`` of ``net64``'s apply, shared so that its compilations are too."""
+    return jax.jit(jfm.split_model(net64)[0])
+
+
+def normal(key, shape, dtype=jnp.float64):
+    """``jr.normal(key, shape, dtype)`` drawn flat: a rank-4 draw compiles for seconds."""
+    return jr.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def jitted(net):
+    """``(jax.jit(apply), params)`` of ``net``."""
     apply, params = jfm.split_model(net)
+    return jax.jit(apply), params
+
+
+def perturbed(params, key, scale=0.1):
+    """``params`` with every leaf randomised (zero-initialised layers made non-zero)."""
     leaves, tree = jax.tree.flatten(params)
     # One flat draw for all leaves: a rank-4 draw per conv kernel would compile for ~15 s
     # per shape on XLA:CPU (see jfm._misc.sample_flat).
@@ -35,7 +68,7 @@ def perturbed(net, key, scale=0.1):
         p + jnp.asarray(scale * noise[a:b].reshape(p.shape), p.dtype)
         for p, a, b in zip(leaves, offsets[:-1], offsets[1:])
     ]
-    return jax.jit(apply), jax.tree.unflatten(tree, leaves)
+    return jax.tree.unflatten(tree, leaves)
 
 
 def test_cifar_config_has_about_35m_parameters():
@@ -50,29 +83,34 @@ def test_cifar_config_has_about_35m_parameters():
     assert out.shape == (2, 32, 32, 3) and out.dtype == jnp.float32
 
 
-def test_starts_at_zero_and_examples_are_independent(getkey):
-    net = UNet(1, **SMALL, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    x = jr.normal(getkey(), (3, 8, 8, 1), jnp.float64)
-    t = jnp.asarray([0.1, 0.5, 0.9])
-    apply, params = jfm.split_model(net)
+# Every float64 call below has batch 4 (labels 0..3, 3 the null class): one compilation.
+def test_starts_at_zero_and_examples_are_independent(net64, apply64, getkey):
+    x = normal(getkey(), (4, 8, 8, 1))
+    t = jnp.asarray([0.1, 0.5, 0.9, 0.3])
+    labels = jnp.arange(4)
+    apply, params = apply64, nnx.state(net64)
     # zero-initialised output convolution: the untrained field is exactly 0
-    np.testing.assert_array_equal(np.asarray(jax.jit(apply)(params, t, x, None)), 0.0)
-    apply, params = perturbed(net, getkey())
-    out = apply(params, t, x, None)
-    assert out.shape == (3, 8, 8, 1) and bool(jnp.all(jnp.isfinite(out)))
-    # GroupNorm normalises per example: no batch coupling (unlike BatchNorm)
-    one = apply(params, t[1:2], x[1:2], None)
-    np.testing.assert_allclose(np.asarray(one[0]), np.asarray(out[1]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(apply(params, t, x, labels)), 0.0)
+    params = perturbed(params, getkey())
+    out = apply(params, t, x, labels)
+    assert out.shape == (4, 8, 8, 1) and bool(jnp.all(jnp.isfinite(out)))
+    # GroupNorm normalises per example: no batch coupling (unlike BatchNorm). Row 1 alone
+    # decides output row 1: other images, times and labels elsewhere leave it unchanged.
+    others = normal(getkey(), (4, 8, 8, 1)).at[1].set(x[1])
+    one = apply(params, jnp.asarray([0.7, 0.5, 0.2, 0.6]), others, labels[::-1].at[1].set(1))
+    np.testing.assert_allclose(np.asarray(one[1]), np.asarray(out[1]), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(one[0], out[0])  # (and row 0 did change)
     # time matters
-    assert not np.allclose(apply(params, t[::-1], x, None), out)
+    assert not np.allclose(apply(params, t[::-1], x, labels), out)
 
 
 # float32 only: the float64 path is exercised by the other tests (param_dtype=float64),
 # and each dtype costs a full U-Net grad compile (~40 s on the 2-core CI machine).
 @pytest.mark.parametrize("dtype", [jnp.float32])
-def test_dtypes_jit_and_grad(dtype, getkey):
-    apply, params = perturbed(UNet(1, **SMALL, rngs=nnx.Rngs(1)), getkey())
-    x = jr.normal(getkey(), (2, 8, 8, 1), dtype)
+def test_dtypes_jit_and_grad(dtype, net32, getkey):
+    apply, params = jitted(net32)
+    params = perturbed(params, getkey())
+    x = normal(getkey(), (2, 8, 8, 1), dtype)
     t = jnp.asarray([0.2, 0.7], dtype)
     out = apply(params, t, x, None)
     assert out.dtype == dtype
@@ -87,11 +125,12 @@ def test_dtypes_jit_and_grad(dtype, getkey):
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g))  # param_dtype kept
 
 
-def test_class_conditioning_and_null_class(getkey):
-    net = UNet(1, **SMALL, num_classes=3, param_dtype=jnp.float64, rngs=nnx.Rngs(2))
+def test_class_conditioning_and_null_class(net64, apply64, getkey):
+    net = net64
     assert net.class_embed.embedding.shape == (4, 4 * SMALL["channels"])  # K + 1 rows
-    apply, params = perturbed(net, getkey())
-    x = jr.normal(getkey(), (1, 8, 8, 1), jnp.float64)
+    apply, params = apply64, nnx.state(net)
+    params = perturbed(params, getkey())
+    x = normal(getkey(), (1, 8, 8, 1))
     x = jnp.broadcast_to(x, (4, 8, 8, 1))  # one image, four labels (3 = the null class)
     t = jnp.full((4,), 0.5, jnp.float64)
     outs = apply(params, t, x, jnp.arange(4))
@@ -104,10 +143,10 @@ def test_class_conditioning_and_null_class(getkey):
         net(t, x, None)
 
 
-def test_field_and_training_reduce_the_loss(getkey):
+@pytest.mark.slow  # ~40 s on 2 CPU cores: one compile of a full U-Net train step
+def test_field_and_training_reduce_the_loss(net32):
     # 15 Adam steps on a fixed batch must lower the CFM loss of the U-Net (it learns).
-    net = UNet(1, **SMALL, rngs=nnx.Rngs(3))
-    apply, params = jfm.split_model(net)
+    apply, params = jfm.split_model(net32)
     opt = optax.adam(3e-3)
     loss_fn = functools.partial(jfm.cfm_loss, path=jfm.AffinePath(jfm.CondOT()))
     step = jax.jit(jfm.make_train_step(apply, opt, loss_fn))
@@ -120,10 +159,11 @@ def test_field_and_training_reduce_the_loss(getkey):
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.8 * losses[0], losses
     field = jfm.field_from_model(apply, state.params)
-    assert field(0.5, x[0], None).shape == (8, 8, 1)
+    # the per-example field of the trained model (shapes only: no compile of its own)
+    assert jax.eval_shape(field, 0.5, x[0], None).shape == (8, 8, 1)
 
 
-def test_errors():
+def test_errors(net64):
     with pytest.raises(ValueError, match="`name`"):
         unet_config("imagenet")
     with pytest.raises(ValueError, match="`channel_mult`"):
@@ -132,7 +172,7 @@ def test_errors():
         UNet(1, **SMALL, rngs=0)
     with pytest.raises(ValueError, match="`attention_heads`"):
         UNet(1, **{**SMALL, "channels": 6, "groups": 2}, attention_heads=5, rngs=nnx.Rngs(0))
-    net = UNet(1, **SMALL, rngs=nnx.Rngs(0))
+    net = net64  # the shape checks come before the labels are read
     with pytest.raises(ValueError, match="divisible"):
         net(jnp.zeros(1), jnp.zeros((1, 7, 7, 1)))
     with pytest.raises(ValueError, match="C=1"):

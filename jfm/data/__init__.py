@@ -3,8 +3,9 @@
 Toy sets are pure functions of a PRNG key returning ``[n, 2]`` arrays (``moons``,
 ``eight_gaussians``, ``checkerboard``, ``circles``, ``spirals``, ``s_curve``,
 ``swiss_roll``; by name through ``DATASETS`` / ``sample``). Images are batch-first,
-channels-last ``[N, H, W, C]`` in ``[-1, 1]``: scikit-learn's bundled ``digits``, arrays
-from ``.npz`` files (``load_npz``, never unpickling), ``uint8`` conversions and PNG grids.
+channels-last ``[N, H, W, C]`` in ``[-1, 1]``: scikit-learn's bundled ``digits``, CIFAR-10's
+binary files (``load_cifar10``), arrays from ``.npz`` files (``load_npz``,
+``load_image_npz``, never unpickling), ``uint8`` conversions and PNG grids.
 """
 
 from ._images import (

@@ -14,7 +14,8 @@ import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, Int, UInt8
 
-from ._toy import _float_dtype
+from .._checks import check_bool, check_int, check_name, check_scalar
+from ._toy import float_dtype
 
 #: Number of images in scikit-learn's digits set.
 _N_DIGITS = 1797
@@ -38,7 +39,7 @@ def digits(
         tuple ``(images, labels)``, labels ``[1797]`` int32 in ``0..9``.
 
     Raises:
-        TypeError: ``dtype`` not floating.
+        TypeError: ``dtype`` not floating, ``return_labels`` not a bool.
 
     Examples:
         >>> import jfm
@@ -47,7 +48,8 @@ def digits(
     """
     from sklearn.datasets import load_digits  # heavy import: only when asked for
 
-    dtype = _float_dtype(dtype)
+    dtype = float_dtype(dtype)
+    check_bool(return_labels, "return_labels")
     bunch = load_digits()
     x = jnp.asarray(bunch.images.reshape(_N_DIGITS, 8, 8, 1) / 8.0 - 1.0, dtype)
     if return_labels:
@@ -55,7 +57,7 @@ def digits(
     return x
 
 
-def load_npz(path: str | os.PathLike, key: str = "x") -> np.ndarray:
+def load_npz(path: str | os.PathLike, name: str = "x") -> np.ndarray:
     """Load one numeric array from an ``.npz`` archive, never unpickling.
 
     Uses ``np.load(path, allow_pickle=False)``, so an archive holding Python objects is
@@ -65,7 +67,7 @@ def load_npz(path: str | os.PathLike, key: str = "x") -> np.ndarray:
 
     Args:
         path: path of an ``.npz`` file (as written by ``np.savez``/``np.savez_compressed``).
-        key: name of the array inside the archive (``np.savez(path, x=...)`` stores
+        name: name of the array inside the archive (``np.savez(path, x=...)`` stores
             ``"x"``; positional arrays are ``"arr_0"``, ...).
 
     Returns:
@@ -73,10 +75,20 @@ def load_npz(path: str | os.PathLike, key: str = "x") -> np.ndarray:
 
     Raises:
         FileNotFoundError: ``path`` does not exist or is not a file.
-        ValueError: the file is not an ``.npz`` archive, or has no array ``key`` (the
-            message lists the keys present).
-        TypeError: the array is not numeric (strings, or pickled Python objects).
+        ValueError: the file is not an ``.npz`` archive, or has no array ``name`` (the
+            message lists the names present).
+        TypeError: ``name`` not a string; the array is not numeric (strings, or pickled
+            Python objects).
+
+    Examples:
+        >>> import os, tempfile, numpy as np, jfm
+        >>> path = os.path.join(tempfile.mkdtemp(), "data.npz")
+        >>> np.savez(path, x=np.zeros((2, 3), np.uint8))
+        >>> jfm.data.load_npz(path, name="x").shape
+        (2, 3)
     """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be the name of an array (a str); got {name!r}.")
     p = pathlib.Path(path)
     if not p.is_file():
         raise FileNotFoundError(
@@ -95,24 +107,24 @@ def load_npz(path: str | os.PathLike, key: str = "x") -> np.ndarray:
             "array. Load it with np.load(path, allow_pickle=False)."
         )
     with archive:
-        if key not in archive.files:
+        if name not in archive.files:
             raise ValueError(
-                f"`key` {key!r} is not in {str(p)!r}; the archive holds {archive.files}."
+                f"`name` {name!r} is not in {str(p)!r}; the archive holds {archive.files}."
             )
         try:
-            arr = archive[key]
+            arr = archive[name]
         except ValueError as e:  # object arrays need pickle, which is refused
             raise TypeError(
-                f"array {key!r} in {str(p)!r} holds Python objects, which would need "
+                f"array {name!r} in {str(p)!r} holds Python objects, which would need "
                 "unpickling (refused: allow_pickle=False). Store a numeric array."
             ) from e
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise TypeError(f"array {key!r} in {str(p)!r} must be numeric; got dtype {arr.dtype}.")
+        raise TypeError(f"array {name!r} in {str(p)!r} must be numeric; got dtype {arr.dtype}.")
     return arr
 
 
 def load_image_npz(
-    path: str | os.PathLike, key: str = "x", *, labels_key: str | None = None
+    path: str | os.PathLike, name: str = "x", *, labels_name: str | None = None
 ) -> UInt8[np.ndarray, "n h w c"] | tuple[UInt8[np.ndarray, "n h w c"], np.ndarray]:
     """Load a set of ``uint8`` images from an ``.npz`` archive, never unpickling.
 
@@ -123,11 +135,12 @@ def load_image_npz(
 
     Args:
         path: the ``.npz`` file.
-        key: name of the image array (default ``"x"``).
-        labels_key: name of an integer label array ``[N]`` to return as well, or ``None``.
+        name: name of the image array (default ``"x"``).
+        labels_name: name of an integer label array ``[N]`` to return as well, or
+            ``None``.
 
     Returns:
-        ``[N, H, W, C]`` ``uint8`` host array; with ``labels_key`` a tuple
+        ``[N, H, W, C]`` ``uint8`` host array; with ``labels_name`` a tuple
         ``(images, labels)``, labels ``[N]`` ``int32``.
 
     Raises:
@@ -135,25 +148,25 @@ def load_image_npz(
         ``uint8`` or of another rank, ``C`` not 1 or 3, labels not integers or of another
         length.
     """
-    x = load_npz(path, key)
+    x = load_npz(path, name)
     if x.dtype != np.uint8:
         raise TypeError(
-            f"array {key!r} in {os.fspath(path)!r} must hold uint8 images (pixels 0..255); got "
+            f"array {name!r} in {os.fspath(path)!r} must hold uint8 images (pixels 0..255); got "
             f"dtype {x.dtype}."
         )
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(
-            f"array {key!r} in {os.fspath(path)!r} must have shape [N, H, W] or [N, H, W, C] "
+            f"array {name!r} in {os.fspath(path)!r} must have shape [N, H, W] or [N, H, W, C] "
             f"with C in (1, 3) (channels-last); got shape {x.shape}."
         )
-    if labels_key is None:
+    if labels_name is None:
         return x
-    y = load_npz(path, labels_key)
+    y = load_npz(path, labels_name)
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
         raise ValueError(
-            f"array {labels_key!r} in {os.fspath(path)!r} must hold [N] = [{x.shape[0]}] "
+            f"array {labels_name!r} in {os.fspath(path)!r} must hold [N] = [{x.shape[0]}] "
             f"integer labels; got dtype {y.dtype}, shape {y.shape}."
         )
     return x, y.astype(np.int32)
@@ -190,8 +203,7 @@ def load_cifar10(
             a label outside ``0..9``.
         FileNotFoundError: a batch file is missing (the message names it).
     """
-    if split not in _CIFAR_FILES:
-        raise ValueError(f"`split` must be 'train' or 'test'; got {split!r}.")
+    check_name(split, "split", tuple(_CIFAR_FILES))
     root = pathlib.Path(path)
     if (root / "cifar-10-batches-bin").is_dir():
         root = root / "cifar-10-batches-bin"
@@ -234,7 +246,7 @@ def to_unit_range(
     Raises:
         TypeError: ``images`` not ``uint8``, or ``dtype`` not floating.
     """
-    dtype = _float_dtype(dtype)
+    dtype = float_dtype(dtype)
     if not hasattr(images, "dtype") or images.dtype != np.uint8:
         got = getattr(images, "dtype", type(images).__name__)
         raise TypeError(f"`images` must be a uint8 array (pixels 0..255); got {got}.")
@@ -294,6 +306,7 @@ def save_image_grid(
     Raises:
         ValueError: empty batch, ``c`` not 1 or 3, non-finite values, ``nrow < 1``,
             ``padding < 0``, ``scale < 1`` or ``pad_value`` outside ``[-1, 1]``.
+        TypeError: ``nrow``, ``padding`` or ``scale`` not a Python int.
     """
     import matplotlib.image  # imsave uses Pillow directly: no GUI backend involved
 
@@ -307,12 +320,11 @@ def save_image_grid(
         raise ValueError(f"`images` must have 1 (grey) or 3 (RGB) channels; got c={c}.")
     if not np.all(np.isfinite(x)):
         raise ValueError("`images` must be finite; got NaN or infinite values.")
-    nrow = math.ceil(math.sqrt(n)) if nrow is None else nrow
-    for name, value, lo in (("nrow", nrow, 1), ("padding", padding, 0), ("scale", scale, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"`{name}` must be an int >= {lo}; got {value!r}.")
-    if not -1.0 <= pad_value <= 1.0:
-        raise ValueError(f"`pad_value` must lie in [-1, 1]; got {pad_value}.")
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else check_int(nrow, "nrow")
+    padding = check_int(padding, "padding", lo=0)
+    scale = check_int(scale, "scale")
+    check_scalar(pad_value, "pad_value", lo=-1.0, hi=1.0)
+    pad_value = float(pad_value)
 
     pixels = np.clip(np.round((x.astype(np.float64) + 1) * 127.5), 0, 255)
     pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)

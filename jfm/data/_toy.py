@@ -13,58 +13,40 @@ the exact construction, mean and variance.
 """
 
 import math
-import operator
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_key, is_concrete
+from .._checks import check_int, check_key, check_name, check_scalar, is_concrete
 from .._custom_types import RealScalarLike
 
-# -- argument checks -------------------------------------------------------------------
+# -- argument checks and shared steps ----------------------------------------------------
 
 
-def _check_n(n) -> int:
-    if isinstance(n, bool):
-        raise TypeError(f"`n` must be a non-negative int (number of samples); got {n!r}.")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(
-            f"`n` must be a non-negative int (number of samples); got {type(n).__name__} {n!r}. "
-            "Under jax.jit mark it static: jax.jit(fn, static_argnums=0)."
-        ) from None
-    if n < 0:
-        raise ValueError(f"`n` must be a non-negative int (number of samples); got n={n}.")
-    return n
-
-
-def _float_dtype(dtype):
+def float_dtype(dtype) -> jnp.dtype:
+    """A floating dtype; ``None`` means JAX's default float."""
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"`dtype` must be a floating dtype (e.g. jnp.float32); got {dtype}.")
     return dtype
 
 
-def _check_param(value, name: str, dtype, *, positive: bool = False, below_one: bool = False):
-    """Check a scalar parameter (when concrete) and return it as a 0-d array of ``dtype``."""
-    arr = jnp.asarray(value)
-    if arr.shape != ():
-        raise ValueError(f"`{name}` must be a scalar; got shape {arr.shape}.")
-    if is_concrete(value):
-        v = float(np.asarray(value))
-        if not math.isfinite(v) or v < 0 or (positive and v == 0) or (below_one and v >= 1):
-            rng = "in (0, 1)" if below_one else ("> 0" if positive else ">= 0")
-            raise ValueError(f"`{name}` must be finite and {rng}; got {name}={v}.")
-    return arr.astype(dtype)
+def _setup(n, key, dtype, **params):
+    """Check ``n`` (rows, a Python int >= 0), ``key``, ``dtype`` and scalar ``params >= 0``.
+
+    Returns ``(n, key, dtype, *params)``, each parameter a 0-d array of ``dtype``.
+    """
+    n = check_int(n, "n", lo=0)
+    key, dtype = check_key(key), float_dtype(dtype)
+    return n, key, dtype, *(check_scalar(v, name, dtype, lo=0.0) for name, v in params.items())
 
 
-def _setup(n, key, dtype):
-    return _check_n(n), check_key(key), _float_dtype(dtype)
+def _with_noise(p: Array, noise: Array, key: PRNGKeyArray) -> Array:
+    """``p + noise * N(0, I)`` for ``[n, 2]`` points ``p``."""
+    return p + noise * jr.normal(key, p.shape, p.dtype)
 
 
 def _row(*values, dtype) -> Array:
@@ -109,15 +91,13 @@ def moons(
         >>> jfm.data.moons(256, key=jax.random.key(0)).shape
         (256, 2)
     """
-    n, key, dtype = _setup(n, key, dtype)
-    noise = _check_param(noise, "noise", dtype)
+    n, key, dtype, noise = _setup(n, key, dtype, noise=noise)
     k_moon, k_theta, k_eps = jr.split(key, 3)
     upper = jr.bernoulli(k_moon, 0.5, (n,))
     theta = jr.uniform(k_theta, (n,), dtype, 0.0, math.pi)
     c, s = jnp.cos(theta), jnp.sin(theta)
     p = jnp.stack([jnp.where(upper, c, 1 - c), jnp.where(upper, s, 0.5 - s)], axis=-1)
-    p = p + noise * jr.normal(k_eps, (n, 2), dtype)
-    return 2 * (p - _row(0.5, 0.25, dtype=dtype))
+    return 2 * (_with_noise(p, noise, k_eps) - _row(0.5, 0.25, dtype=dtype))
 
 
 def eight_gaussians(
@@ -149,13 +129,11 @@ def eight_gaussians(
         TypeError: ``n`` not an int, ``key`` not a PRNG key, ``dtype`` not floating.
         ValueError: ``n < 0``, ``radius < 0`` or ``std < 0``.
     """
-    n, key, dtype = _setup(n, key, dtype)
-    radius = _check_param(radius, "radius", dtype)
-    std = _check_param(std, "std", dtype)
+    n, key, dtype, radius, std = _setup(n, key, dtype, radius=radius, std=std)
     k_comp, k_eps = jr.split(key)
     angle = jr.randint(k_comp, (n,), 0, 8).astype(dtype) * (math.pi / 4)
     centres = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
-    return centres + std * jr.normal(k_eps, (n, 2), dtype)
+    return _with_noise(centres, std, k_eps)
 
 
 def checkerboard(
@@ -225,14 +203,15 @@ def circles(
         TypeError: ``n`` not an int, ``key`` not a PRNG key, ``dtype`` not floating.
         ValueError: ``n < 0``, ``noise < 0`` or ``factor`` outside ``(0, 1)``.
     """
-    n, key, dtype = _setup(n, key, dtype)
-    noise = _check_param(noise, "noise", dtype)
-    factor = _check_param(factor, "factor", dtype, positive=True, below_one=True)
+    n, key, dtype, noise = _setup(n, key, dtype, noise=noise)
+    factor = check_scalar(factor, "factor", dtype, lo=0.0, strict_lo=True, hi=1.0)
+    if is_concrete(factor) and float(factor) == 1.0:
+        raise ValueError("`factor` must be < 1 (inner radius over outer); got factor=1.0.")
     k_circ, k_theta, k_eps = jr.split(key, 3)
     r = jnp.where(jr.bernoulli(k_circ, 0.5, (n,)), jnp.ones((), dtype), factor)
     theta = jr.uniform(k_theta, (n,), dtype, 0.0, 2 * math.pi)
     p = r[:, None] * jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=-1)
-    return 3 * (p + noise * jr.normal(k_eps, (n, 2), dtype))
+    return 3 * _with_noise(p, noise, k_eps)
 
 
 def spirals(
@@ -263,13 +242,12 @@ def spirals(
         TypeError: ``n`` not an int, ``key`` not a PRNG key, ``dtype`` not floating.
         ValueError: ``n < 0`` or ``noise < 0``.
     """
-    n, key, dtype = _setup(n, key, dtype)
-    noise = _check_param(noise, "noise", dtype)
+    n, key, dtype, noise = _setup(n, key, dtype, noise=noise)
     k_arm, k_u, k_eps = jr.split(key, 3)
     sign = 2 * jr.bernoulli(k_arm, 0.5, (n,)).astype(dtype) - 1
     theta = 3 * math.pi * jnp.sqrt(jr.uniform(k_u, (n,), dtype))
     p = (sign * theta / 3)[:, None] * jnp.stack([-jnp.cos(theta), jnp.sin(theta)], axis=-1)
-    return p + noise * jr.normal(k_eps, (n, 2), dtype)
+    return _with_noise(p, noise, k_eps)
 
 
 def s_curve(
@@ -301,12 +279,11 @@ def s_curve(
         TypeError: ``n`` not an int, ``key`` not a PRNG key, ``dtype`` not floating.
         ValueError: ``n < 0`` or ``noise < 0``.
     """
-    n, key, dtype = _setup(n, key, dtype)
-    noise = _check_param(noise, "noise", dtype)
+    n, key, dtype, noise = _setup(n, key, dtype, noise=noise)
     k_t, k_eps = jr.split(key)
     t = jr.uniform(k_t, (n,), dtype, -1.5 * math.pi, 1.5 * math.pi)
     p = jnp.stack([jnp.sin(t), jnp.sign(t) * (jnp.cos(t) - 1)], axis=-1)
-    return 1.5 * (p + noise * jr.normal(k_eps, (n, 2), dtype))
+    return 1.5 * _with_noise(p, noise, k_eps)
 
 
 def swiss_roll(
@@ -338,12 +315,11 @@ def swiss_roll(
         TypeError: ``n`` not an int, ``key`` not a PRNG key, ``dtype`` not floating.
         ValueError: ``n < 0`` or ``noise < 0``.
     """
-    n, key, dtype = _setup(n, key, dtype)
-    noise = _check_param(noise, "noise", dtype)
+    n, key, dtype, noise = _setup(n, key, dtype, noise=noise)
     k_t, k_eps = jr.split(key)
     t = jr.uniform(k_t, (n,), dtype, 1.5 * math.pi, 4.5 * math.pi)
     p = t[:, None] * jnp.stack([jnp.cos(t), jnp.sin(t)], axis=-1)
-    return (p + noise * jr.normal(k_eps, (n, 2), dtype)) / 5
+    return _with_noise(p, noise, k_eps) / 5
 
 
 # -- registry ----------------------------------------------------------------------------
@@ -384,6 +360,4 @@ def sample(
         >>> jfm.data.sample("checkerboard", 8, key=jax.random.key(0)).shape
         (8, 2)
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"`name` must be one of {tuple(DATASETS)}; got {name!r}.")
-    return DATASETS[name](n, key=key, dtype=dtype, **params)
+    return DATASETS[check_name(name, "name", tuple(DATASETS))](n, key=key, dtype=dtype, **params)

@@ -2,23 +2,23 @@
 
 import math
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
+from .._checks import check_array, check_positive, check_scalar
+from ._common import check_even_dim
 
-def _check_dim(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise TypeError(f"`dim` must be an int; got {type(dim)}.")
-    if dim < 2 or dim % 2:
-        raise ValueError(f"`dim` must be an even int >= 2 (sin and cos halves); got dim={dim}.")
-    return int(dim)
+
+def _check_scales(scale, max_period) -> tuple[float, float]:
+    # Checked as arrays, used as the Python floats given (no float32 rounding of them).
+    check_positive(scale, "scale")
+    check_scalar(max_period, "max_period", lo=1.0, strict_lo=True)
+    return float(scale), float(max_period)
 
 
 def sinusoidal_embedding(
-    t: Float[ArrayLike, " batch"],
+    t: Float[ArrayLike, "*batch"],
     dim: int,
     *,
     scale: float = 1000.0,
@@ -48,26 +48,23 @@ def sinusoidal_embedding(
         ``(batch, dim)`` in ``t``'s dtype.
 
     Raises:
-        TypeError: ``t`` not floating, ``dim`` not an int.
+        TypeError: ``t`` not a floating array, ``dim`` not an int.
         ValueError: ``t`` not 1-d; ``dim`` odd or ``< 2``; ``max_period <= 1`` or
             ``scale <= 0``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from jfm.models import sinusoidal_embedding
+        >>> sinusoidal_embedding(jnp.zeros(3), 8).shape
+        (3, 8)
 
     References:
         Vaswani et al., "Attention Is All You Need", 2017; Ho et al., "Denoising
         Diffusion Probabilistic Models", 2020.
     """
-    dim = _check_dim(dim)
-    if not isinstance(t, (jax.Array, np.ndarray)):
-        raise TypeError(f"`t` must be a 1-d floating array of times; got {type(t)}.")
-    t = jnp.asarray(t)
-    if not jnp.issubdtype(t.dtype, jnp.floating):
-        raise TypeError(f"`t` must have a floating dtype; got {t.dtype}.")
-    if t.ndim != 1:
-        raise ValueError(f"`t` must have shape (batch,); got shape {t.shape}.")
-    if not float(max_period) > 1:
-        raise ValueError(f"`max_period` must be > 1; got max_period={max_period}.")
-    if not float(scale) > 0:
-        raise ValueError(f"`scale` must be > 0; got scale={scale}.")
+    dim = check_even_dim(dim, "dim")
+    t = check_array(t, "t", ndim=1)
+    scale, max_period = _check_scales(scale, max_period)
     half = dim // 2
     freqs = jnp.exp((-math.log(max_period) / half) * jnp.arange(half, dtype=t.dtype))
     angles = (scale * t)[:, None] * freqs[None, :]
@@ -90,15 +87,10 @@ class SinusoidalEmbedding(nnx.Module):
     """
 
     def __init__(self, dim: int, *, scale: float = 1000.0, max_period: float = 10000.0):
-        self.dim = _check_dim(dim)
-        if not float(max_period) > 1:
-            raise ValueError(f"`max_period` must be > 1; got max_period={max_period}.")
-        if not float(scale) > 0:
-            raise ValueError(f"`scale` must be > 0; got scale={scale}.")
-        self.scale = float(scale)
-        self.max_period = float(max_period)
+        self.dim = check_even_dim(dim, "dim")
+        self.scale, self.max_period = _check_scales(scale, max_period)
 
-    def __call__(self, t: Float[ArrayLike, " batch"]) -> Float[Array, "batch embed"]:
+    def __call__(self, t: Float[ArrayLike, "*batch"]) -> Float[Array, "batch embed"]:
         """``(batch,) -> (batch, dim)``, see :func:`sinusoidal_embedding`."""
         return sinusoidal_embedding(t, self.dim, scale=self.scale, max_period=self.max_period)
 

@@ -4,34 +4,19 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import is_concrete
+from .._checks import check_array, check_callable, check_int
+from ._common import (
+    cast_to_compute_dtype,
+    check_even_dim,
+    check_network_options,
+    check_times,
+    embed_class_labels,
+)
 from ._embed import sinusoidal_embedding
-
-
-def _cast_to_compute_dtype(args, /, *, dtype=None, inexact=True):
-    """Flax ``promote_dtype`` hook: cast (inputs, kernel, bias) to the compute dtype.
-
-    The compute dtype is ``dtype`` when given, else the dtype of the inputs (the first
-    element). Unlike Flax's default (``jnp.result_type``, which raises under strict dtype
-    promotion when the parameter and input dtypes differ), this never promotes implicitly.
-    """
-    del inexact
-    dtype = args[0].dtype if dtype is None else dtype
-    return tuple(None if a is None else jnp.asarray(a, dtype) for a in args)
-
-
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int; got {type(value)}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}; got {name}={value}.")
-    return int(value)
 
 
 class MLP(nnx.Module):
@@ -98,28 +83,14 @@ class MLP(nnx.Module):
         dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        self.in_features = _check_positive_int(in_features, "in_features")
-        hidden_features = _check_positive_int(hidden_features, "hidden_features")
-        self.depth = _check_positive_int(depth, "depth", minimum=0)
-        self.time_embed_dim = _check_positive_int(time_embed_dim, "time_embed_dim", 2)
-        if self.time_embed_dim % 2:
-            raise ValueError(f"`time_embed_dim` must be even; got {self.time_embed_dim}.")
-        if not callable(activation):
-            raise TypeError(f"`activation` must be callable; got {type(activation)}.")
-        if not float(time_scale) > 0:
-            raise ValueError(f"`time_scale` must be > 0; got time_scale={time_scale}.")
-        if not jnp.issubdtype(param_dtype, jnp.floating):
-            raise TypeError(f"`param_dtype` must be a floating dtype; got {param_dtype}.")
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"`dtype` must be a floating dtype or None; got {dtype}.")
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"`rngs` must be an nnx.Rngs, e.g. nnx.Rngs(0); got {type(rngs)}.")
-        self.activation = activation
-        self.time_scale = float(time_scale)
+        self.in_features = check_int(in_features, "in_features")
+        hidden_features = check_int(hidden_features, "hidden_features")
+        self.depth = check_int(depth, "depth", lo=0)
+        self.time_embed_dim = check_even_dim(time_embed_dim, "time_embed_dim")
+        self.activation = check_callable(activation, "activation", "(x)")
+        self.time_scale = check_network_options(time_scale, param_dtype, dtype, rngs)
         self.dtype = dtype
-        self.num_classes = (
-            None if num_classes is None else _check_positive_int(num_classes, "num_classes")
-        )
+        self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes")
         width = self.in_features + self.time_embed_dim
         if self.num_classes is None:
             if class_embed_dim is not None:
@@ -127,12 +98,12 @@ class MLP(nnx.Module):
             self.class_embed = None
         else:
             cdim = self.time_embed_dim if class_embed_dim is None else class_embed_dim
-            cdim = _check_positive_int(cdim, "class_embed_dim")
+            cdim = check_int(cdim, "class_embed_dim")
             self.class_embed = nnx.Embed(
                 self.num_classes + 1, cdim, param_dtype=param_dtype, rngs=rngs
             )
             width += cdim
-        linear = dict(param_dtype=param_dtype, promote_dtype=_cast_to_compute_dtype, rngs=rngs)
+        linear = dict(param_dtype=param_dtype, promote_dtype=cast_to_compute_dtype, rngs=rngs)
         layers = []
         for _ in range(self.depth):
             layers.append(nnx.Linear(width, hidden_features, **linear))
@@ -161,71 +132,26 @@ class MLP(nnx.Module):
         Raises:
             ValueError/TypeError: bad shapes or dtypes of ``t``, ``x`` or the labels.
         """
-        if not isinstance(x, (jax.Array, np.ndarray)):
-            raise TypeError(f"`x` must be an array of shape (B, *event); got {type(x)}.")
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"`x` must have a floating dtype; got {x.dtype}.")
-        if x.ndim < 1:
-            raise ValueError(f"`x` must have shape (B, *event); got a scalar, shape {x.shape}.")
+        x = check_array(x, "x", min_ndim=1)
         batch, event = x.shape[0], x.shape[1:]
         if math.prod(event) != self.in_features:
             raise ValueError(
                 f"`x` must have shape (B, *event) with prod(event) == in_features="
                 f"{self.in_features}; got x.shape={x.shape}."
             )
+        t = check_times(t, batch)
         cdtype = x.dtype if self.dtype is None else jnp.dtype(self.dtype)
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.floating):
-            raise TypeError(f"`t` must have a floating dtype; got {t.dtype}.")
-        if t.shape == ():
-            t = jnp.broadcast_to(t, (batch,))
-        if t.shape != (batch,):
-            raise ValueError(
-                f"`t` must have shape (B,) = ({batch},) to match x.shape={x.shape} (or be a "
-                f"scalar); got t.shape={t.shape}."
-            )
         feats = [
             x.reshape(batch, self.in_features).astype(cdtype),
             sinusoidal_embedding(t.astype(cdtype), self.time_embed_dim, scale=self.time_scale),
         ]
         if self.class_embed is not None:
-            feats.append(self._embed_labels(args, batch).astype(cdtype))
+            labels = embed_class_labels(self.class_embed, self.num_classes, args, batch)
+            feats.append(labels.astype(cdtype))
         h = jnp.concatenate(feats, axis=-1)
         for layer in self.hidden:
             h = self.activation(layer(h))
         return self.out(h).reshape(batch, *event)
-
-    def _embed_labels(self, labels, batch: int) -> Array:
-        return _embed_class_labels(self.class_embed, self.num_classes, labels, batch)
-
-
-def _embed_class_labels(embed: nnx.Embed, k: int, labels, batch: int) -> Array:
-    """Check ``(B,)`` integer labels in ``{0, ..., k}`` (``k`` = null class) and embed them."""
-    if labels is None:
-        raise ValueError(
-            f"`args` must hold the (B,) integer class labels of this class-conditional "
-            f"model (num_classes={k}; label {k} is the null class); got None."
-        )
-    if not isinstance(labels, (jax.Array, np.ndarray, np.integer, int)) or isinstance(labels, bool):
-        raise TypeError(f"`args` must be an integer label array of shape (B,); got {type(labels)}.")
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"`args` (class labels) must have an integer dtype; got {labels.dtype}.")
-    if labels.shape == ():
-        labels = jnp.broadcast_to(labels, (batch,))
-    if labels.shape != (batch,):
-        raise ValueError(
-            f"`args` (class labels) must have shape (B,) = ({batch},); got {labels.shape}."
-        )
-    if labels.size and is_concrete(labels):
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi > k:
-            raise ValueError(
-                f"`args` (class labels) must lie in [0, {k}] ({k} is the null class); "
-                f"got values in [{lo}, {hi}]."
-            )
-    return embed(labels)
 
 
 __all__ = ["MLP"]

@@ -12,9 +12,15 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
-from .._misc import sample_flat
+from .._checks import check_array, check_int, check_name
+from ._common import (
+    cast_to_compute_dtype,
+    check_even_dim,
+    check_network_options,
+    check_times,
+    embed_class_labels,
+)
 from ._embed import sinusoidal_embedding
-from ._mlp import _cast_to_compute_dtype, _check_positive_int, _embed_class_labels
 
 
 def _group_norm(channels: int, groups: int, param_dtype, rngs) -> nnx.GroupNorm:
@@ -23,7 +29,7 @@ def _group_norm(channels: int, groups: int, param_dtype, rngs) -> nnx.GroupNorm:
         num_groups=math.gcd(groups, channels),  # GroupNorm needs groups | channels
         epsilon=1e-6,
         param_dtype=param_dtype,
-        promote_dtype=_cast_to_compute_dtype,
+        promote_dtype=cast_to_compute_dtype,
         rngs=rngs,
     )
 
@@ -31,41 +37,49 @@ def _group_norm(channels: int, groups: int, param_dtype, rngs) -> nnx.GroupNorm:
 def _norm(norm: nnx.GroupNorm, x: Array) -> Array:
     # Flax's GroupNorm computes its statistics in promote_types(x.dtype, float32), which
     # strict dtype promotion rejects for float64 inputs; the promotion is local and the
-    # result is cast back to x's dtype (parameters are cast by _cast_to_compute_dtype).
+    # result is cast back to x's dtype (parameters are cast by cast_to_compute_dtype).
     with jax.numpy_dtype_promotion("standard"):
         return norm(x).astype(x.dtype)
 
 
 def _lecun_normal(key, shape, dtype=jnp.float32):
-    """Flax's default ``lecun_normal`` kernel init, bit for bit: a normal truncated to
-    ``[-2, 2]``, scaled to variance ``1 / fan_in`` (fan_in: the product of all but the
-    last axis).
+    """Flax's default kernel init (``lecun_normal``), drawn flat as a power-of-two prefix.
 
-    Drawn flat and, under partitionable threefry (JAX's default, where element ``i`` of
-    a draw depends only on ``key`` and ``i``), as the prefix of a power-of-two draw: on
-    XLA:CPU a rank-4 conv-kernel draw takes ~15 s to compile per new shape and even a
-    flat one ~0.1 s, which made building a tiny U-Net take ~25 s; now a handful of sizes
-    compile once. (With another PRNG implementation the values are still i.i.d. draws of
-    the same distribution, though not necessarily flax's.)
+    A normal truncated to ``[-2, 2]``, scaled to variance ``1 / fan_in`` (``fan_in``: the
+    product of all but the last axis), computed as ``jax.nn.initializers.lecun_normal``
+    does. The one difference is how it is drawn: as the first ``prod(shape)`` values of
+    a flat draw of the next power-of-two size, so the draw compiles once per size class
+    instead of once per kernel shape. Measured: the wall time of
+    ``UNet(1, image_size=8, **unet_config("tiny"), rngs=nnx.Rngs(0))`` in a fresh process
+    (XLA:CPU, JAX 0.10.2, 2 shared cores, 4 runs each) was 22-40 s with flax's
+    ``nnx.initializers.lecun_normal()`` (18 kernel shapes, each its own compile, the
+    rank-4 ones the slow ones) and 6-12 s with this function (8 sizes); with zero init,
+    the floor, 3.6 s.
+
+    Under threefry with ``jax_threefry_partitionable`` (JAX's default), element ``i`` of
+    a draw depends only on the key and ``i``, so the values are flax's bit for bit
+    (``tests/test_unet.py`` checks it). Under another PRNG they are i.i.d. draws of the
+    same law, not flax's values.
     """
     fan_in = math.prod(shape[:-1])
     # As jax.nn.initializers.variance_scaling computes it, in `dtype` (bit-identical);
     # 0.8796... is the std of N(0, 1) truncated to [-2, 2].
     std = np.sqrt(np.asarray(1.0 / fan_in, dtype)) / np.asarray(0.87962566103423978, dtype)
     n = math.prod(shape)
-    if not jax.config.jax_threefry_partitionable:
-        x = sample_flat(lambda k, s, d: jr.truncated_normal(k, -2.0, 2.0, s, d), key, shape, dtype)
-        return x * jnp.asarray(std)
-    m = 1 << max(0, (n - 1).bit_length())
-    x = _scaled_draw(key, jnp.asarray(std), m)  # compiled once per size m
-    if isinstance(x, jax.core.Tracer):
-        return x[:n].reshape(shape)
-    return jnp.asarray(np.asarray(x)[:n].reshape(shape))  # no per-shape compile
+    flat = _truncated_normal(key, 1 << max(0, (n - 1).bit_length()), jnp.dtype(dtype))
+    return (flat[:n] * std).reshape(shape)
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _scaled_draw(key, std, m):
-    return jr.truncated_normal(key, -2.0, 2.0, (m,), std.dtype) * std
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _truncated_normal(key, size: int, dtype):
+    return jr.truncated_normal(key, -2.0, 2.0, (size,), dtype)
+
+
+def _check_ints(values, name: str) -> tuple[int, ...]:
+    """A sequence of Python ints ``>= 1`` (e.g. ``channel_mult``), as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"`{name}` must be a sequence of ints; got {values!r}.")
+    return tuple(check_int(v, name) for v in values)
 
 
 def _conv(cin: int, cout: int, kernel: int, param_dtype, rngs, *, strides=1, zero=False):
@@ -77,7 +91,7 @@ def _conv(cin: int, cout: int, kernel: int, param_dtype, rngs, *, strides=1, zer
         strides=strides,
         padding="SAME",
         param_dtype=param_dtype,
-        promote_dtype=_cast_to_compute_dtype,
+        promote_dtype=cast_to_compute_dtype,
         rngs=rngs,
         **kw,
     )
@@ -86,7 +100,7 @@ def _conv(cin: int, cout: int, kernel: int, param_dtype, rngs, *, strides=1, zer
 def _linear(cin: int, cout: int, param_dtype, rngs, *, zero=False):
     kw = dict(kernel_init=nnx.initializers.zeros_init() if zero else _lecun_normal)
     return nnx.Linear(
-        cin, cout, param_dtype=param_dtype, promote_dtype=_cast_to_compute_dtype, rngs=rngs, **kw
+        cin, cout, param_dtype=param_dtype, promote_dtype=cast_to_compute_dtype, rngs=rngs, **kw
     )
 
 
@@ -220,38 +234,22 @@ class UNet(nnx.Module):
         dtype: Any = None,
         rngs: nnx.Rngs,
     ):
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        image_size = _check_positive_int(image_size, "image_size")
-        channels = _check_positive_int(channels, "channels", 2)
-        if channels % 2:
-            raise ValueError(f"`channels` must be even (sinusoidal embedding); got {channels}.")
-        if isinstance(channel_mult, (str, bytes)) or not isinstance(channel_mult, Sequence):
-            raise TypeError(f"`channel_mult` must be a sequence of ints; got {channel_mult!r}.")
-        if not channel_mult:
+        self.in_channels = check_int(in_channels, "in_channels")
+        image_size = check_int(image_size, "image_size")
+        channels = check_even_dim(channels, "channels")
+        mults = _check_ints(channel_mult, "channel_mult")
+        if not mults:
             raise ValueError("`channel_mult` must hold at least one level; got ().")
-        mults = tuple(_check_positive_int(m, "channel_mult") for m in channel_mult)
-        num_res_blocks = _check_positive_int(num_res_blocks, "num_res_blocks")
-        self.attention_resolutions = tuple(
-            _check_positive_int(r, "attention_resolutions") for r in attention_resolutions
-        )
-        attention_heads = _check_positive_int(attention_heads, "attention_heads")
-        groups = _check_positive_int(groups, "groups")
-        if not float(time_scale) > 0:
-            raise ValueError(f"`time_scale` must be > 0; got time_scale={time_scale}.")
-        if not jnp.issubdtype(param_dtype, jnp.floating):
-            raise TypeError(f"`param_dtype` must be a floating dtype; got {param_dtype}.")
-        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"`dtype` must be a floating dtype or None; got {dtype}.")
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"`rngs` must be an nnx.Rngs, e.g. nnx.Rngs(0); got {type(rngs)}.")
+        num_res_blocks = check_int(num_res_blocks, "num_res_blocks")
+        self.attention_resolutions = _check_ints(attention_resolutions, "attention_resolutions")
+        attention_heads = check_int(attention_heads, "attention_heads")
+        groups = check_int(groups, "groups")
+        self.time_scale = check_network_options(time_scale, param_dtype, dtype, rngs)
         self.channels = channels
         self.levels = len(mults)
         self.num_res_blocks = num_res_blocks
-        self.time_scale = float(time_scale)
         self.dtype = dtype
-        self.num_classes = (
-            None if num_classes is None else _check_positive_int(num_classes, "num_classes")
-        )
+        self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes")
         pd = param_dtype
         emb = 4 * channels
         self.time1 = _linear(channels, emb, pd, rngs)
@@ -332,11 +330,7 @@ class UNet(nnx.Module):
         Raises:
             ValueError/TypeError: bad shapes or dtypes of ``t``, ``x`` or the labels.
         """
-        if not isinstance(x, (jax.Array, np.ndarray)):
-            raise TypeError(f"`x` must be an array of shape (B, H, W, C); got {type(x)}.")
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"`x` must have a floating dtype; got {x.dtype}.")
+        x = check_array(x, "x")
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"`x` must have shape (B, H, W, C={self.in_channels}); got x.shape={x.shape}."
@@ -348,24 +342,14 @@ class UNet(nnx.Module):
                 f"`x` height and width must be divisible by 2^(levels - 1) = {f}; got "
                 f"x.shape={x.shape}."
             )
+        t = check_times(t, batch)
         cdtype = x.dtype if self.dtype is None else jnp.dtype(self.dtype)
-        t = jnp.asarray(t)
-        if not jnp.issubdtype(t.dtype, jnp.floating):
-            raise TypeError(f"`t` must have a floating dtype; got {t.dtype}.")
-        if t.shape == ():
-            t = jnp.broadcast_to(t, (batch,))
-        if t.shape != (batch,):
-            raise ValueError(
-                f"`t` must have shape (B,) = ({batch},) to match x.shape={x.shape} (or be a "
-                f"scalar); got t.shape={t.shape}."
-            )
         x = x.astype(cdtype)
         emb = sinusoidal_embedding(t.astype(cdtype), self.channels, scale=self.time_scale)
         emb = self.time2(nnx.silu(self.time1(emb)))
         if self.class_embed is not None:
-            emb = emb + _embed_class_labels(self.class_embed, self.num_classes, args, batch).astype(
-                cdtype
-            )
+            labels = embed_class_labels(self.class_embed, self.num_classes, args, batch)
+            emb = emb + labels.astype(cdtype)
         emb = nnx.silu(emb)
 
         h = self.conv_in(x)
@@ -433,9 +417,7 @@ def unet_config(name: str) -> dict[str, Any]:
             groups=32,
         ),
     }
-    if name not in configs:
-        raise ValueError(f"`name` must be one of {tuple(configs)}; got {name!r}.")
-    return dict(configs[name])
+    return dict(configs[check_name(name, "name", tuple(configs))])
 
 
 __all__ = ["AttentionBlock", "ResBlock", "UNet", "unet_config"]

@@ -1,16 +1,14 @@
-r"""Sample-quality metrics: W2, energy distance and MMD between two sample sets; path
-energy, normalized path energy and straightness of trajectories.
+r"""Distances between two sample sets: energy distance, MMD and the exact W2.
 
 Energy distance and MMD compare an ``[N, *event]`` set ``x`` with an ``[M, *event]`` set
-``y`` (image-shaped events are flattened to ``D = prod(event)`` features) through all ``N x M`` (and
-``N x N``, ``M x M``) pairwise Euclidean distances. Pairwise differences are formed
-directly (never as ``|x|^2 + |y|^2 - 2 x.y``, which loses all precision for close
-points) in blocks of rows, so memory is ``O(chunk * M * D)`` and the ``N x M`` matrix is
-never stored; time is ``O((N + M)^2 D)``, comfortable up to ``N, M ~ 10^4`` on one
-device. :func:`w2` needs equal sizes and stores the ``N x N`` cost matrix for its exact
-assignment (``O(N^3)`` time). The trajectory metrics take time-major states
-``[T, N, *event]`` as :func:`jfm.sample_ode` saves them. Everything is jit-able,
-vmap-able and differentiable (``chunk_size`` is static).
+``y`` (image-shaped events are flattened to ``D = prod(event)`` features) through all
+``N x M`` (and ``N x N``, ``M x M``) pairwise Euclidean distances. Pairwise differences
+are formed directly (never as ``|x|^2 + |y|^2 - 2 x.y``, which loses all precision for
+close points) in blocks of rows, so memory is ``O(chunk * M * D)`` and the ``N x M``
+matrix is never stored; time is ``O((N + M)^2 D)``, comfortable up to ``N, M ~ 10^4`` on
+one device. :func:`w2` needs equal sizes and stores the ``N x N`` cost matrix for its
+exact assignment (``O(N^3)`` time). Everything is jit-able, vmap-able and
+differentiable (``chunk`` is static).
 """
 
 import functools
@@ -21,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_array, is_concrete
-from ._custom_types import RealScalarLike
-from ._ot import exact_assignment, sq_cost
+from .._checks import check_array, check_bool, check_int, is_concrete
+from .._custom_types import RealScalarLike
+from .._ot import exact_assignment, sq_cost
 
 #: Default block size, in elements of the ``[chunk, M, D]`` difference block (128 MiB in
 #: float32). A memory/speed knob only: results do not depend on it beyond round-off.
@@ -54,14 +52,7 @@ def _as_sets(x, y):
     return x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
 
 
-def _check_chunk(chunk_size):
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"`chunk_size` must be None or an int >= 1; got {chunk_size!r}.")
-
-
-def _pair_sum(x, y, fn: Callable[[Array], Array], chunk_size: int | None) -> Array:
+def _pair_sum(x, y, fn: Callable[[Array], Array], chunk: int | None) -> Array:
     r"""``sum_{i,j} fn(|x_i - y_j|^2)`` with ``fn`` elementwise; blocks of rows of ``x``."""
 
     def row(xi):
@@ -69,12 +60,12 @@ def _pair_sum(x, y, fn: Callable[[Array], Array], chunk_size: int | None) -> Arr
         return jnp.sum(fn(jnp.sum(d * d, axis=-1)))
 
     n, m, dim = x.shape[0], y.shape[0], x.shape[1]
-    if chunk_size is None:
-        chunk_size = max(1, _CHUNK_ELEMENTS // max(m * dim, 1))
-    if chunk_size >= n:
+    if chunk is None:
+        chunk = max(1, _CHUNK_ELEMENTS // max(m * dim, 1))
+    if chunk >= n:
         return jnp.sum(jax.vmap(row)(x))
     # Rematerialise each block in the backward pass: keeps reverse mode at O(chunk*M*D).
-    return jnp.sum(jax.lax.map(jax.checkpoint(row), x, batch_size=chunk_size))
+    return jnp.sum(jax.lax.map(jax.checkpoint(row), x, batch_size=chunk))
 
 
 def _safe_sqrt(sq: Array) -> Array:
@@ -83,8 +74,11 @@ def _safe_sqrt(sq: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, jnp.ones_like(sq))), jnp.zeros_like(sq))
 
 
-def _check_unbiased(x, y, unbiased: bool):
-    if unbiased:
+def _check_options(x, y, unbiased: bool, chunk: int | None):
+    """``chunk``: ``None`` or an int ``>= 1``; ``unbiased`` needs 2 samples per set."""
+    if chunk is not None:
+        check_int(chunk, "chunk")
+    if check_bool(unbiased, "unbiased"):
         for name, a in (("x", x), ("y", y)):
             if a.shape[0] < 2:
                 raise ValueError(
@@ -105,7 +99,7 @@ def energy_distance(
     y: Float[ArrayLike, "m ..."],
     *,
     unbiased: bool = False,
-    chunk_size: int | None = None,
+    chunk: int | None = None,
 ) -> Float[Array, ""]:
     r"""Energy distance between two sample sets (the squared form, :math:`D^2 \ge 0`).
 
@@ -126,23 +120,25 @@ def energy_distance(
         x: ``[N, *event]`` samples (``[N, D]`` points or ``[N, H, W, C]`` images).
         y: ``[M, *event]`` samples, same event shape and dtype as ``x``.
         unbiased: exclude the ``i = i'`` terms from the within-set means.
-        chunk_size: rows of ``x`` (and of ``y`` for its own term) handled at once; default
-            chooses blocks of about ``2^25`` elements of ``[chunk, M, D]``. Static.
+        chunk: rows of ``x`` (and of ``y`` for its own term) handled at once, a Python
+            int ``>= 1``; default (``None``) chooses blocks of about ``2^25`` elements of
+            ``[chunk, M, D]``. Static; the result does not depend on it beyond round-off.
 
     Returns:
         Scalar of the dtype of ``x``.
 
     Raises:
-        ValueError: fewer than 2 dimensions, an empty set, mismatched event shapes, a bad
-            ``chunk_size``, or (``unbiased``) a set of one sample.
-        TypeError: non-floating or mismatched dtypes.
+        ValueError: fewer than 2 dimensions, an empty set, mismatched event shapes,
+            ``chunk < 1``, or (``unbiased``) a set of one sample.
+        TypeError: non-floating or mismatched dtypes; ``chunk`` not an int or
+            ``unbiased`` not a bool.
 
     Examples:
         >>> import jax.numpy as jnp, jfm
         >>> x = jnp.array([[0.0], [1.0]])
-        >>> float(jfm.energy_distance(x, x))
+        >>> float(jfm.metrics.energy_distance(x, x))
         0.0
-        >>> float(jfm.energy_distance(x, x + 1))  # 2 * 1 - 1/2 - 1/2
+        >>> float(jfm.metrics.energy_distance(x, x + 1))  # 2 * 1 - 1/2 - 1/2
         1.0
 
     References:
@@ -150,19 +146,18 @@ def energy_distance(
         based on distances. J. Stat. Plan. Inference 143(8).
     """
     x, y = _as_sets(x, y)
-    _check_chunk(chunk_size)
-    _check_unbiased(x, y, unbiased)
-    return _energy_distance(x, y, unbiased, chunk_size)
+    _check_options(x, y, unbiased, chunk)
+    return _energy_distance(x, y, unbiased, chunk)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def _energy_distance(x, y, unbiased, chunk_size):
+def _energy_distance(x, y, unbiased, chunk):
     # Jitted after the Python-side checks: one compilation per shape instead of eager
     # dispatch of every primitive (seconds per new shape); inlined under an outer jit.
     n, m = x.shape[0], y.shape[0]
-    exy = _pair_sum(x, y, _safe_sqrt, chunk_size) / float(n * m)
-    exx = _within_mean(_pair_sum(x, x, _safe_sqrt, chunk_size), n, 0.0, unbiased)
-    eyy = _within_mean(_pair_sum(y, y, _safe_sqrt, chunk_size), m, 0.0, unbiased)
+    exy = _pair_sum(x, y, _safe_sqrt, chunk) / float(n * m)
+    exx = _within_mean(_pair_sum(x, x, _safe_sqrt, chunk), n, 0.0, unbiased)
+    eyy = _within_mean(_pair_sum(y, y, _safe_sqrt, chunk), m, 0.0, unbiased)
     return 2 * exy - exx - eyy
 
 
@@ -191,9 +186,9 @@ def mmd(
     x: Float[ArrayLike, "n ..."],
     y: Float[ArrayLike, "m ..."],
     *,
-    bandwidth: RealScalarLike | Sequence[RealScalarLike] | Float[ArrayLike, " k"],
+    bandwidth: RealScalarLike | Sequence[RealScalarLike] | Float[ArrayLike, "*_k"],
     unbiased: bool = False,
-    chunk_size: int | None = None,
+    chunk: int | None = None,
 ) -> Float[Array, ""]:
     r"""Squared maximum mean discrepancy with a (multi-scale) Gaussian RBF kernel.
 
@@ -218,16 +213,17 @@ def mmd(
             right scale depends on the data (the median pairwise distance is a common
             choice).
         unbiased: U-statistic instead of V-statistic.
-        chunk_size: rows handled at once (see :func:`energy_distance`). Static.
+        chunk: rows handled at once (see :func:`energy_distance`). Static.
 
     Returns:
         Scalar ``MMD^2`` of the dtype of ``x``.
 
     Raises:
         ValueError: fewer than 2 dimensions, an empty set, mismatched event shapes, a
-            bandwidth ``<= 0`` or non-finite, a bad ``chunk_size``, or (``unbiased``) a set
-            of one sample.
-        TypeError: non-floating or mismatched dtypes.
+            bandwidth ``<= 0`` or non-finite, ``chunk < 1``, or (``unbiased``) a set of
+            one sample.
+        TypeError: non-floating or mismatched dtypes; ``chunk`` not an int or
+            ``unbiased`` not a bool.
 
     Examples:
         >>> import jax.numpy as jnp, jfm
@@ -239,13 +235,12 @@ def mmd(
         Gretton, A. et al. (2012). A kernel two-sample test. JMLR 13.
     """
     x, y = _as_sets(x, y)
-    _check_chunk(chunk_size)
-    _check_unbiased(x, y, unbiased)
-    return _mmd(x, y, _check_bandwidth(bandwidth, x.dtype), unbiased, chunk_size)
+    _check_options(x, y, unbiased, chunk)
+    return _mmd(x, y, _check_bandwidth(bandwidth, x.dtype), unbiased, chunk)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _mmd(x, y, bw, unbiased, chunk_size):
+def _mmd(x, y, bw, unbiased, chunk):
     scale = (-0.5 / bw**2).reshape(1, -1)
 
     def kernel(sq):  # sq [M] -> [M]: sum over bandwidths
@@ -253,15 +248,15 @@ def _mmd(x, y, bw, unbiased, chunk_size):
 
     n, m = x.shape[0], y.shape[0]
     k_diag = float(bw.shape[0])  # k(a, a) = number of bandwidths, exactly
-    kxy = _pair_sum(x, y, kernel, chunk_size) / float(n * m)
-    kxx = _within_mean(_pair_sum(x, x, kernel, chunk_size), n, n * k_diag, unbiased)
-    kyy = _within_mean(_pair_sum(y, y, kernel, chunk_size), m, m * k_diag, unbiased)
+    kxy = _pair_sum(x, y, kernel, chunk) / float(n * m)
+    kxx = _within_mean(_pair_sum(x, x, kernel, chunk), n, n * k_diag, unbiased)
+    kyy = _within_mean(_pair_sum(y, y, kernel, chunk), m, m * k_diag, unbiased)
     return kxx + kyy - 2 * kxy
 
 
 def w2(
     x: Float[ArrayLike, "n ..."],
-    y: Float[ArrayLike, "n ..."],
+    y: Float[ArrayLike, "_n ..."],
     *,
     squared: bool = False,
 ) -> Float[Array, ""]:
@@ -316,167 +311,13 @@ def w2(
             f"empirical measures; got x.shape[0]={x.shape[0]}, y.shape[0]={y.shape[0]}. "
             "Subsample the larger set to the size of the smaller."
         )
-    if not isinstance(squared, bool):
-        raise TypeError(f"`squared` must be a bool; got {squared!r}.")
-    return _w2(x, y, squared)
+    sq = _w2_squared(x, y)
+    return sq if check_bool(squared, "squared") else _safe_sqrt(sq)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _w2(x, y, squared):
+@jax.jit
+def _w2_squared(x, y):
+    # One compilation per shape for both W2 and W2^2 (the root is taken outside).
     cost = sq_cost(x, y)
     perm = exact_assignment(cost)
-    sq = jnp.mean(cost[jnp.arange(x.shape[0]), perm])
-    return sq if squared else _safe_sqrt(sq)
-
-
-def _check_trajectory(xs, ts):
-    xs = check_array(xs, "xs")
-    ts = check_array(ts, "ts", ndim=1)
-    if xs.ndim < 3:
-        raise ValueError(
-            f"`xs` must be a trajectory [T, N, *event] (time-major, as ODEResult.xs) with at "
-            f"least 3 dimensions; got shape {xs.shape}."
-        )
-    if ts.shape[0] != xs.shape[0] or ts.shape[0] < 2:
-        raise ValueError(
-            f"`ts` must hold the T >= 2 times of `xs` (shape ({xs.shape[0]},)); got shape "
-            f"{ts.shape}."
-        )
-    if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
-        raise ValueError("`ts` must be strictly increasing.")
-    return xs.reshape(xs.shape[0], xs.shape[1], -1), ts.astype(xs.dtype)
-
-
-def path_energy(xs: Float[ArrayLike, "T n ..."], ts: Float[ArrayLike, " T"]) -> Float[Array, ""]:
-    r"""Kinetic energy of sampled trajectories, averaged over the samples.
-
-    .. math::
-        \mathrm{PE} = \frac1N \sum_{i=1}^N \sum_{k=0}^{T-2}
-            \frac{|x_{k+1,i} - x_{k,i}|^2}{t_{k+1} - t_k}
-        \;\approx\; \mathbb{E} \int_{t_0}^{t_{T-1}} |v_t(x_t)|^2\, dt,
-
-    the energy of the piecewise-linear interpolation of the saved states: exact for the
-    Euler solver saved at its steps (``v`` is constant on each step), and a lower bound
-    of the continuous energy otherwise (Cauchy-Schwarz on each interval). By
-    Benamou-Brenier, ``PE >= W_2^2(x_0, x_{T-1})`` over ``[0, 1]`` (the trajectories are a
-    coupling of their ends), with equality for straight, constant-speed OT paths.
-
-    Args:
-        xs: ``[T, N, *event]`` states at times ``ts`` (time-major, like
-            :attr:`jfm.ODEResult.xs`).
-        ts: ``[T]`` strictly increasing times, ``T >= 2``.
-
-    Returns:
-        Scalar of the dtype of ``xs``.
-
-    Raises:
-        ValueError: ``xs`` with fewer than 3 dimensions, ``ts`` not matching ``T`` or not
-            increasing.
-        TypeError: non-floating inputs.
-
-    Examples:
-        >>> import jax.numpy as jnp, jfm
-        >>> ts = jnp.linspace(0.0, 1.0, 5)
-        >>> xs = ts[:, None, None] * jnp.array([[[3.0, 4.0]]])  # straight, speed 5
-        >>> float(jfm.metrics.path_energy(xs, ts))
-        25.0
-
-    References:
-        Benamou and Brenier (2000), A computational fluid mechanics solution to the
-        Monge-Kantorovich mass transfer problem. Numer. Math. 84.
-    """
-    xs, ts = _check_trajectory(xs, ts)
-    dx = xs[1:] - xs[:-1]
-    dt = (ts[1:] - ts[:-1]).reshape(-1, 1)
-    return jnp.sum(jnp.mean(jnp.sum(dx * dx, axis=-1), axis=-1) / dt[:, 0])
-
-
-def normalized_path_energy(
-    xs: Float[ArrayLike, "T n ..."],
-    ts: Float[ArrayLike, " T"],
-    x1: Float[ArrayLike, "n ..."] | None = None,
-    *,
-    w2_squared: Float[ArrayLike, ""] | None = None,
-) -> Float[Array, ""]:
-    r"""Normalized path energy ``NPE = |PE - W_2^2(q_0, q_1)| / W_2^2(q_0, q_1)``.
-
-    ``PE`` is :func:`path_energy` of the trajectories and ``W_2^2(q_0, q_1)`` the exact
-    squared 2-Wasserstein distance between the source samples ``xs[0]`` and reference
-    data ``x1`` (:func:`w2`), the least energy any flow between the two needs (over unit
-    time). ``NPE = 0`` for a flow along the OT displacement interpolation; Tong et al.
-    (2024) report it to compare how close to OT the learned flows are.
-
-    Args:
-        xs: ``[T, N, *event]`` trajectories from the source ``xs[0]`` (over unit time).
-        ts: ``[T]`` increasing times.
-        x1: ``[N, *event]`` data samples (as many as ``xs[0]``), or ``None`` when
-            ``w2_squared`` is given.
-        w2_squared: a precomputed ``W_2^2(xs[0], x1)`` (e.g. shared by several models
-            evaluated from the same sources), instead of ``x1``.
-
-    Returns:
-        Scalar of the dtype of ``xs``.
-
-    Raises:
-        ValueError: both or neither of ``x1`` and ``w2_squared``; the checks of
-            :func:`path_energy` and :func:`w2`.
-
-    Examples:
-        >>> import jax.numpy as jnp, jfm
-        >>> ts = jnp.linspace(0.0, 1.0, 3)
-        >>> x0 = jnp.array([[0.0], [1.0]])
-        >>> xs = x0[None] + ts[:, None, None] * 2.0  # a translation by 2, straight
-        >>> float(jfm.metrics.normalized_path_energy(xs, ts, x0 + 2.0))
-        0.0
-
-    References:
-        Tong et al., "Improving and Generalizing Flow-Based Generative Models with
-        Minibatch Optimal Transport", TMLR 2024.
-    """
-    if (x1 is None) == (w2_squared is None):
-        raise ValueError(
-            "Pass exactly one of `x1` (data samples) and `w2_squared` (a precomputed "
-            f"W2^2 between xs[0] and the data); got x1={'None' if x1 is None else 'array'}, "
-            f"w2_squared={w2_squared!r}."
-        )
-    pe = path_energy(xs, ts)
-    if w2_squared is None:
-        w2_squared = w2(jnp.asarray(xs)[0], x1, squared=True)
-    w2_squared = jnp.asarray(w2_squared).astype(pe.dtype)
-    return jnp.abs(pe - w2_squared) / w2_squared
-
-
-def straightness(xs: Float[ArrayLike, "T n ..."], ts: Float[ArrayLike, " T"]) -> Float[Array, ""]:
-    r"""Straightness ``S`` of trajectories (Liu et al. 2023): 0 iff straight at constant speed.
-
-    .. math::
-        S = \mathbb{E} \int_{t_0}^{t_1} \Big|\frac{x_{t_1} - x_{t_0}}{t_1 - t_0}
-            - \dot x_t\Big|^2 dt
-          = \mathrm{PE} - \frac{\mathbb{E}|x_{t_1} - x_{t_0}|^2}{t_1 - t_0} \;\ge 0,
-
-    computed on the piecewise-linear interpolation of the saved states (the identity
-    holds exactly there). A flow with ``S = 0`` is integrated exactly by one Euler step.
-
-    Args:
-        xs: ``[T, N, *event]`` trajectories; ts: ``[T]`` increasing times.
-
-    Returns:
-        Scalar of the dtype of ``xs`` (``>= 0`` up to round-off).
-
-    Raises:
-        ValueError, TypeError: as :func:`path_energy`.
-
-    Examples:
-        >>> import jax.numpy as jnp, jfm
-        >>> ts = jnp.linspace(0.0, 1.0, 3)
-        >>> xs = jnp.array([[[0.0]], [[2.0]], [[2.0]]])  # all the motion in the first half
-        >>> float(jfm.metrics.straightness(xs, ts))  # 8 - 4
-        4.0
-
-    References:
-        Liu, Gong, Liu, "Flow Straight and Fast: Learning to Generate and Transfer Data
-        with Rectified Flow", ICLR 2023.
-    """
-    flat, tsc = _check_trajectory(xs, ts)
-    d = flat[-1] - flat[0]
-    return path_energy(xs, ts) - jnp.mean(jnp.sum(d * d, axis=-1)) / (tsc[-1] - tsc[0])
+    return jnp.mean(cost[jnp.arange(x.shape[0]), perm])
