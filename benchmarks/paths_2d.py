@@ -118,7 +118,7 @@ def evaluate(field, path, ref, args, key):
     ok = bool(sol.success)
     out["dopri5"] = (
         w2(sol.x1, ref) if ok else float("nan"),
-        float(jfm.energy_distance(sol.x1, ref)) if ok else float("nan"),
+        float(jfm.metrics.energy_distance(sol.x1, ref)) if ok else float("nan"),
         int(sol.nfe) if ok else f"failed ({int(sol.nfe)})",
     )
     for n in args.euler:

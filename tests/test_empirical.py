@@ -138,8 +138,8 @@ def _train_and_sample(path, loss, kind, steps, key):
     x0 = path.prior_sample((500, 2), key=jr.key(1), dtype=jnp.float32)
     sol = jfm.sample_ode(field, x0, solver=dfx.Dopri5(), rtol=1e-3, atol=1e-3, t1=1 - 1e-3)
     ref = BLOBS.sample(500, key=jr.key(2))
-    prior_ed = float(jfm.energy_distance(x0, ref))
-    return float(jfm.energy_distance(sol.x1, ref)), prior_ed, int(sol.nfe)
+    prior_ed = float(jfm.metrics.energy_distance(x0, ref))
+    return float(jfm.metrics.energy_distance(sol.x1, ref)), prior_ed, int(sol.nfe)
 
 
 @pytest.mark.slow

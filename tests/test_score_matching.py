@@ -107,11 +107,11 @@ def test_dsm_and_cfm_models_reach_moons():
     # A small MLP trained with DSM (noise parametrization, VP) and one with CFM (CondOT),
     # each sampled by ODE (Heun) and by SDE (Euler-Maruyama, score from the model).
     steps = 800
-    floor = float(jfm.energy_distance(jfm.data.moons(500, key=jr.key(3)),
+    floor = float(jfm.metrics.energy_distance(jfm.data.moons(500, key=jr.key(3)),
                                       jfm.data.moons(500, key=jr.key(4))))  # fmt: skip
     ref = jfm.data.moons(500, key=jr.key(3))
     x0 = jr.normal(jr.key(2), (500, 2))
-    noise = float(jfm.energy_distance(x0, ref))
+    noise = float(jfm.metrics.energy_distance(x0, ref))
     vp, ot = PATHS
     cases = [
         (vp, functools.partial(jfm.dsm_loss, path=vp, kind="x0", t_max=0.999), "x0",
@@ -132,6 +132,6 @@ def test_dsm_and_cfm_models_reach_moons():
         sde = jfm.sample_sde(v, s, x0, diffusion=g, key=jr.key(5), solver=dfx.Euler(),
                              steps=80, t1=0.999)  # fmt: skip
         for x in (ode.x1, sde.x1):
-            d = float(jfm.energy_distance(x, ref))
+            d = float(jfm.metrics.energy_distance(x, ref))
             # 4x the floor (~0.07) vs ~0.19 for the noise itself: training budget is small
             assert d < 4 * floor and d < 0.5 * noise, (kind, d, floor, noise)
