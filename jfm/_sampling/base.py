@@ -518,15 +518,29 @@ def integrate(
     return x1, ts, xs, stats, result
 
 
-def finish(x1, result, finite, *, throw: bool, who: str, end: str = "t1", nonfinite_hint: str = ""):
-    """``(x1, success)``; with ``throw``, raise (``eqx.error_if``, at run time) on failure."""
+def finish(
+    x1,
+    result,
+    finite,
+    *,
+    throw: bool,
+    who: str,
+    max_steps: int,
+    end: str = "t1",
+    nonfinite_hint: str = "",
+):
+    """``(x1, success)``; with ``throw``, raise (``eqx.error_if``, at run time) on failure.
+
+    ``max_steps`` (static) is named in the message, so the user sees which bound was hit.
+    """
     ok = result == dfx.RESULTS.successful
     if throw:
         # Static strings: part of the compiled function, no traced values in them.
         x1 = eqx.error_if(
             x1,
             result == dfx.RESULTS.max_steps_reached,
-            f"{who}: max_steps reached before {end}; raise max_steps or loosen rtol/atol "
+            f"{who}: max_steps={max_steps} reached before {end}; raise max_steps or loosen "
+            "rtol/atol "
             "(or pass throw=False to inspect the partial result).",
         )
         x1 = eqx.error_if(

@@ -205,6 +205,7 @@ def _langevin(drift, x0, key, t_end, args, control, noise, *, batch, steps, thro
         finite_per_batch(x1, batch),
         throw=throw,
         who="jfm.langevin",
+        max_steps=steps,
         nonfinite_hint="the step is too large for the score",
     )
     return solution(x1, success, result, stats)
@@ -403,6 +404,7 @@ def _sample_pc(drift, x0, key, t0, t1, args, control, noise, *, solver, steps, t
         finite_per_batch(x1, "joint"),
         throw=throw,
         who="jfm.sample_pc",
+        max_steps=steps,
         nonfinite_hint="a field blows up or the step (or snr) is too large",
     )
     return solution(x1, success, result, stats)

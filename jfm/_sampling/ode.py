@@ -180,5 +180,12 @@ def _sample_ode(
         adjoint=adjoint,
         saveat=subs,
     )
-    x1, success = finish(x1, result, finite_per_batch(x1, batch), throw=throw, who="jfm.sample_ode")
+    x1, success = finish(
+        x1,
+        result,
+        finite_per_batch(x1, batch),
+        throw=throw,
+        who="jfm.sample_ode",
+        max_steps=max_steps,
+    )
     return solution(x1, success, result, stats, save_ts if save_ts is not None else ts, xs)

@@ -355,6 +355,7 @@ def _sample_sde(
         finite_per_batch(x1, batch),
         throw=throw,
         who="jfm.sample_sde",
+        max_steps=max_steps,
         nonfinite_hint="a field blows up (e.g. a score from a velocity where sigma(t) = 0: "
         "end at t1 < 1 or let g(t) vanish there), or the step is too large",
     )
