@@ -422,7 +422,11 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         )
         dt0 = direction * lax.stop_gradient(tnext - direction * t_start)
         init_nfe = INITIAL_STEP_NFE
-    all_subs = [dfx.SubSaveAt(t1=True)] + ([] if subs is None else [subs])
+    if subs is None:
+        # A single SubSaveAt: dfx.BacksolveAdjoint rejects SaveAt(subs=[...]).
+        saveat = dfx.SaveAt(t1=True, controller_state=control.adaptive)
+    else:
+        saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), subs], controller_state=control.adaptive)
     sol = dfx.diffeqsolve(
         terms,
         solver,
@@ -431,7 +435,7 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         dt0,
         y0,
         args,
-        saveat=dfx.SaveAt(subs=all_subs, controller_state=control.adaptive),
+        saveat=saveat,
         stepsize_controller=control.controller,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -445,10 +449,9 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         num_accepted_steps=jnp.asarray(sol.stats["num_accepted_steps"]),
         num_rejected_steps=jnp.asarray(sol.stats["num_rejected_steps"]),
     )
-    ts = ys = None
-    if subs is not None:
-        ts, ys = sol.ts[1], sol.ys[1]
-    return sol.ys[0][0], ts, ys, stats, sol.result
+    if subs is None:
+        return sol.ys[0], None, None, stats, sol.result
+    return sol.ys[0][0], sol.ts[1], sol.ys[1], stats, sol.result
 
 
 def _joint_vf(t, y, field_args):
