@@ -210,11 +210,12 @@ def test_errors():
         jfm.classifier_free_guidance(field, "2", null_label=3)
     with raises_arg(TypeError, "field"):
         jfm.classifier_free_guidance(3, 2.0, null_label=3)
-    for bad in ((0.5, 0.2), (-0.1, 0.5), (0.2,)):
+    for bad in ((0.5, 0.2), (-0.1, 0.5)):
         with raises_arg(ValueError, "interval"):
             jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=bad)
-    with raises_arg(TypeError, "interval"):  # not a pair: the annotation (jaxtyping hook)
-        jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=0.5)
+    for bad in ((0.2,), 0.5):  # not a pair: the annotation's check (jaxtyping hook)
+        with raises_arg(TypeError, "interval"):
+            jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=bad)
     with raises_arg(TypeError, "jump_ts"):  # the annotation's rank check (jaxtyping hook)
         jfm.sample_ode(
             g,
