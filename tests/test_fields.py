@@ -73,6 +73,7 @@ def test_hutchinson_guidance_unbiased(getkey):
         assert float(jnp.max(jnp.abs(want - FIELD(t, x, None)))) > 10 * float(jnp.max(se))
 
 
+@pytest.mark.slow  # statistical: 4 guided 40-step solves of 512 points (~30 s)
 def test_guidance_raises_true_log_density(getkey):
     # The same noise transported by the (Hutchinson) guided field: the mean true
     # log-density of the samples rises with the scale (paired comparison: the same x0
