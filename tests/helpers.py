@@ -3,6 +3,7 @@
 import contextlib
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -64,3 +65,58 @@ def raises_arg(exc, name: str, msg: str = ""):
     got = type(info.value)
     if got is not exc and not (exc is TypeError and issubclass(got, TypeCheckError)):
         raise AssertionError(f"expected exactly {exc.__name__}, got {got.__name__}: {info.value}")
+
+
+@contextlib.contextmanager
+def raises_exact(exc, match: str):
+    """``pytest.raises(exc, match=match)`` that also checks the EXACT exception type (for
+    messages that name an option rather than one backticked argument, e.g. the step
+    control's "pass exactly one of steps=N, ts=...")."""
+    import pytest
+
+    with pytest.raises(exc, match=match) as info:
+        yield info
+    if type(info.value) is not exc:
+        raise AssertionError(
+            f"expected exactly {exc.__name__}, got {type(info.value).__name__}: {info.value}"
+        )
+
+
+class CallCounter:
+    """Counts a field's evaluations with a host callback (``jax.debug.callback``).
+
+    ``wrap(field)`` returns an ``eqx.Module`` that ticks once per (batched) call: inside a
+    joint solve the callback has no batched operand, so it fires once per batched field
+    call, i.e. once per per-example evaluation. ``count(fn)`` runs ``fn`` and returns
+    ``(result, calls)`` after the callbacks have landed. Attributes the sampler reads from
+    a field (``jump_ts``) are forwarded.
+    """
+
+    def __init__(self):
+        self.calls = 0
+
+    def tick(self):
+        self.calls += 1
+
+    def wrap(self, field):
+        return _Counted(field, self)
+
+    def count(self, fn, *a, **kw):
+        self.calls = 0
+        out = fn(*a, **kw)
+        jax.block_until_ready(out)
+        jax.effects_barrier()
+        return out, self.calls
+
+
+class _Counted(eqx.Module):
+    inner: object
+    counter: CallCounter = eqx.field(static=True)
+
+    @property
+    def jump_ts(self):
+        return getattr(self.inner, "jump_ts", None)
+
+    def __call__(self, t, x, args):
+        jax.debug.callback(self.counter.tick)
+        return self.inner(t, x, args)

@@ -61,7 +61,9 @@ def test_ground_truth_and_sampling(setup):
     same = jfm.sample_ode(u, x0, solver=dfx.Dopri5(), stepsize_controller=pid)
     np.testing.assert_allclose(same.x1, sol.x1, rtol=1e-12)  # the shortcut is this controller
     assert int(same.nfe) == int(sol.nfe)
-    sde = jfm.sample_sde(u, s, x0, diffusion=lambda t: 0.5, key=jr.key(2), solver=dfx.Euler(), steps=50)
+    sde = jfm.sample_sde(
+        u, s, x0, diffusion=lambda t: 0.5, key=jr.key(2), solver=dfx.Euler(), steps=50
+    )
     assert sde.x1.shape == x0.shape and int(sde.nfe) == 50
     via_path = jfm.sample_sde(
         u, path, x0, diffusion=lambda t: 0.5 * (1 - t), key=jr.key(2), solver=dfx.Euler(), steps=50
@@ -126,7 +128,5 @@ def test_training_pieces():
     optimizer = optax.sgd(1e-2)
     step = jfm.make_train_step(apply, optimizer, functools.partial(jfm.cfm_loss, path=path))
     state = jfm.init_train_state(params, optimizer)
-    state, history = jfm.fit(
-        step, state, lambda key: x1, steps=3, key=jr.key(2), progress=False
-    )
+    state, history = jfm.fit(step, state, lambda key: x1, steps=3, key=jr.key(2), progress=False)
     assert int(state.step) == 3

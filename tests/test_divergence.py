@@ -113,12 +113,14 @@ def test_jvp_and_vjp_estimates_agree(noise, getkey):
 
 
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
-def test_public_vjp_estimator_equals_jvp_for_the_same_probe(noise, getkey):
+def test_vjp_method_equals_jvp_for_the_same_probe(noise, getkey):
     f = mlp_field(getkey(), (5,))
     x = jr.normal(getkey(), (5,))
     u = (jr.rademacher if noise == "rademacher" else jr.normal)(getkey(), (3, 5), jnp.float64)
     est, se = jfm.divergence_hutchinson(f, 0.3, x, None, probe=u, return_stderr=True)
-    est_v, se_v = jfm.divergence_hutchinson_vjp(f, 0.3, x, None, probe=u, return_stderr=True)
+    est_v, se_v = jfm.divergence_hutchinson(
+        f, 0.3, x, None, probe=u, return_stderr=True, method="vjp"
+    )
     # same probes: u^T (J u) vs (u^T J) u differ by float64 round-off only
     assert abs(float(est - est_v)) < 1e-12 and abs(float(se - se_v)) < 1e-12
     # and both equal the hand-computed mean of u_k^T J u_k with the jacfwd Jacobian
@@ -127,11 +129,46 @@ def test_public_vjp_estimator_equals_jvp_for_the_same_probe(noise, getkey):
     assert abs(float(est_v - want)) < 1e-12  # round-off only
     # from a key it draws the same probes as the jvp version
     key = getkey()
-    a = jfm.divergence_hutchinson_vjp(f, 0.3, x, None, key=key, probes=4, noise=noise)
+    a = jfm.divergence_hutchinson(f, 0.3, x, None, key=key, probes=4, noise=noise, method="vjp")
     b = jfm.divergence_hutchinson(f, 0.3, x, None, key=key, probes=4, noise=noise)
     assert abs(float(a - b)) < 1e-12  # same probes, round-off only
-    with pytest.raises(ValueError, match="probes"):
-        jfm.divergence_hutchinson_vjp(f, 0.3, x, None, key=key, probes=0)
+    with raises_arg(ValueError, "probes", ">= 1"):
+        jfm.divergence_hutchinson(f, 0.3, x, None, key=key, probes=0, method="vjp")
+    assert not hasattr(jfm, "divergence_hutchinson_vjp")  # one name per concept
+
+
+def test_estimator_values_match_functions(getkey):
+    # jfm.ExactDivergence / jfm.HutchinsonDivergence called on one example are the
+    # functions with the same options; their terms() give (f(x), terms) with the
+    # primal output of the same linearization.
+    f = mlp_field(getkey(), (2, 3))
+    x = jr.normal(getkey(), (2, 3))
+    key = getkey()
+    for est in (jfm.ExactDivergence(), jfm.ExactDivergence(chunk=2, method="jvp"),
+                jfm.ExactDivergence(method="jacfwd")):  # fmt: skip
+        want = jfm.divergence_exact(f, 0.3, x, None, chunk=est.chunk, method=est.method)
+        assert abs(float(est(f, 0.3, x) - want)) < 1e-12  # same computation
+        assert est.num_terms == 1 and not est.needs_key and est.draw(key, (2, 3), x.dtype) is None
+    ref = jacfwd_trace(f, 0.3, x)
+    g = lambda y: f(0.3, y.reshape(2, 3), None).reshape(-1)
+    out, terms = jfm.ExactDivergence(chunk=4).terms(g, x.reshape(-1), None)
+    assert terms.shape == (1,) and abs(float(terms[0] - ref)) < 1e-12  # round-off only
+    assert float(jnp.max(jnp.abs(out - g(x.reshape(-1))))) == 0.0  # the primal output
+    for method in ("jvp", "vjp"):
+        for noise in ("rademacher", "gaussian"):
+            est = jfm.HutchinsonDivergence(probes=3, noise=noise, method=method)
+            want, se = jfm.divergence_hutchinson(f, 0.3, x, None, key=key, probes=3, noise=noise,
+                                                 method=method, return_stderr=True)  # fmt: skip
+            got, gse = est(f, 0.3, x, key=key, return_stderr=True)
+            assert abs(float(got - want)) < 1e-12 and abs(float(gse - se)) < 1e-12
+            assert est.num_terms == 3 and est.needs_key
+            u = est.draw(key, (2, 3), x.dtype)
+            assert u.shape == (3, 2, 3) and u.dtype == x.dtype
+            _, terms = est.terms(g, x.reshape(-1), u)
+            fixed = jfm.divergence_hutchinson(f, 0.3, x, None, probe=u, method=method)
+            assert abs(float(jnp.mean(terms) - fixed)) < 1e-12  # the same probes
+    with raises_arg(TypeError, "key"):
+        jfm.HutchinsonDivergence()(f, 0.3, x, key=None)
 
 
 def test_hutchinson_unbiased_for_mlp(getkey):
@@ -222,7 +259,7 @@ def test_bad_input(getkey):
             fn(f, 0.0, jnp.ones(3, jnp.int32), None, **kw)
         with raises_arg(TypeError, "f", "callable"):
             fn("f", 0.0, x, None, **kw)
-        with raises_arg(ValueError, "t", "scalar"):
+        with raises_arg(TypeError, "t"):  # the annotation's rank check (jaxtyping hook)
             fn(f, jnp.zeros(2), x, None, **kw)
         with raises_arg(ValueError, "f", "shape"):
             fn(lambda t, x, args: x[:2], 0.0, x, None, **kw)

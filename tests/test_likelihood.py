@@ -12,7 +12,7 @@ import pytest
 
 import jfm
 
-from .helpers import raises_arg
+from .helpers import raises_arg, raises_exact
 
 CONDOT = jfm.AffinePath(jfm.CondOT())
 COSINE = jfm.AffinePath(jfm.Cosine())
@@ -80,7 +80,7 @@ def test_hutchinson_unbiased_with_stderr(getkey):
     reps = 48
     xr = jnp.repeat(x, reps, axis=0)
     field = GMM.velocity_field(CONDOT)
-    kw = dict(path=CONDOT, divergence="hutchinson", probes=2, **TIGHT)
+    kw = dict(path=CONDOT, divergence=jfm.HutchinsonDivergence(probes=2), **TIGHT)
     logp, info = jfm.log_prob(field, xr, key=getkey(), **kw)
     ref = jax.vmap(GMM.log_prob)(x)
     est = np.asarray(logp).reshape(3, reps)
@@ -174,7 +174,7 @@ def test_joint_batch_nfe_and_no_recompile(getkey):
     assert info.nfe.shape == () and calls == int(info.nfe) and calls > 0
     assert float(jnp.max(jnp.abs(logp - field.log_prob(x)))) < 1e-6  # closed form, tol 1e-8
     # x0: the flow is x_t = sqrt(v(t)) z, so x0 = x / s
-    assert float(jnp.max(jnp.abs(info.x0 - x / 0.6))) < 1e-6  # closed form, tol 1e-8
+    assert float(jnp.max(jnp.abs(info.x1 - x / 0.6))) < 1e-6  # closed form, tol 1e-8
     traces = _TRACES[0]
     # a second call with new data and new parameters (same shapes) does not retrace
     field2, x2 = GaussField(jnp.asarray(0.8)), jr.normal(getkey(), (4, 3))
@@ -202,7 +202,7 @@ def test_float32_and_prior_callable(getkey):
     # and under an outer jax.jit (the field's arrays closed over)
     jitted = jax.jit(lambda y: jfm.log_prob(gauss, y, **kw)[0])(x)
     assert float(jnp.max(jnp.abs(jitted - logp))) < 1e-6  # same computation, float32
-    assert logp.dtype == jnp.float32 and info.x0.dtype == jnp.float32
+    assert logp.dtype == jnp.float32 and info.x1.dtype == jnp.float32
     assert float(jnp.max(jnp.abs(logp - gauss.log_prob(x)))) < 1e-4  # Tsit5 20 steps, f32
     assert bool(jnp.all(info.nfe == 6 * 20 + 1))  # FSAL 7-stage tableau: 6 n + 1
 
@@ -230,28 +230,91 @@ def test_bad_input(getkey):
         jfm.log_prob(field, x, path="condot", **kw)
     with raises_arg(TypeError, "key", "required"):
         jfm.log_prob(field, x, path=CONDOT, divergence="hutchinson", **kw)
+    with raises_arg(TypeError, "key", "required"):
+        jfm.log_prob(field, x, path=CONDOT, divergence=jfm.HutchinsonDivergence(probes=3), **kw)
     with raises_arg(ValueError, "probes", ">= 1"):
-        jfm.log_prob(field, x, path=CONDOT, divergence="hutchinson", key=getkey(), probes=0, **kw)
+        jfm.HutchinsonDivergence(probes=0)
     with raises_arg(ValueError, "noise"):
-        jfm.log_prob(field, x, path=CONDOT, divergence="hutchinson", key=getkey(), noise="x", **kw)
+        jfm.HutchinsonDivergence(noise="x")
+    with raises_arg(ValueError, "method", "vjp"):
+        jfm.HutchinsonDivergence(method="jacfwd")
+    with raises_arg(ValueError, "chunk", ">= 1"):
+        jfm.ExactDivergence(chunk=0)
+    with raises_arg(ValueError, "chunk", "jvp"):
+        jfm.ExactDivergence(chunk=2, method="jacfwd")
     with raises_arg(ValueError, "divergence", "hutchinson"):
         jfm.log_prob(field, x, path=CONDOT, divergence="approx", **kw)
+    with raises_arg(TypeError, "divergence", "estimator"):
+        jfm.log_prob(field, x, path=CONDOT, divergence=3, **kw)
     with raises_arg(ValueError, "batch"):
         jfm.log_prob(field, x, path=CONDOT, batch="loop", **kw)
     with raises_arg(TypeError, "x", "floating"):
         jfm.log_prob(field, x.astype(jnp.int32), path=CONDOT, **kw)
-    with raises_arg(ValueError, "x", "batch axis"):
+    with raises_arg(TypeError, "x"):  # the annotation's rank check (jaxtyping hook)
         jfm.log_prob(field, jnp.zeros(()), path=CONDOT, **kw)
-    with raises_arg(ValueError, "t0", "smaller"):
+    with raises_arg(ValueError, "t0", "below `t1`"):
         jfm.log_prob(field, x, path=CONDOT, t0=1.0, t1=0.0, **kw)
-    with raises_arg(ValueError, "steps", "exclude"):
+    with raises_exact(ValueError, "Step controls exclude each other.*got steps, rtol/atol"):
         jfm.log_prob(field, x, path=CONDOT, steps=4, **kw)
-    with raises_arg(ValueError, "solver", "adaptive"):
+    with raises_arg(ValueError, "steps", "exceeds `max_steps`"):
+        jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), steps=9, max_steps=8)
+    with raises_arg(ValueError, "ts", "strictly monotone"):
+        jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), ts=jnp.array([0.0, 0.7, 0.5, 1.0]))
+    with raises_arg(ValueError, "t1", "disagrees"):
+        jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), ts=jnp.linspace(0, 1, 4), t1=0.9)
+    with raises_arg(ValueError, "dt0", "adaptive stepping only"):
+        jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), steps=4, dt0=-0.1)
+    with raises_arg(ValueError, "solver", "error estimate"):
         jfm.log_prob(field, x, path=CONDOT, solver=dfx.Euler(), rtol=1e-3, atol=1e-3)
     with raises_arg(TypeError, "solver"):
         jfm.log_prob(field, x, path=CONDOT, solver="dopri5", steps=4)
     with raises_arg(ValueError, "field", "shape"):
         jfm.log_prob(lambda t, y, a: y[:1], x, path=CONDOT, steps=2, solver=dfx.Euler())
+
+
+def test_divergence_values_and_strings(getkey):
+    # the estimator values: "exact" is ExactDivergence(); "hutchinson" is one Rademacher
+    # probe (HutchinsonDivergence()), the same numbers for the same key; chunked exact
+    # jvp equals jacfwd; 2+ probes give a stderr, one probe none.
+    x = jr.normal(getkey(), (3, 3))
+    field = GaussField(jnp.asarray(0.6))
+    kw = dict(path=CONDOT, solver=dfx.Heun(), steps=16)
+    a, sa = jfm.log_prob(field, x, divergence="exact", **kw)
+    b, _ = jfm.log_prob(field, x, divergence=jfm.ExactDivergence(chunk=2, method="jvp"), **kw)
+    np.testing.assert_allclose(a, b, rtol=1e-12)  # same derivatives, other summation order
+    assert sa.stderr is None and isinstance(sa, jfm.Solution)
+    np.testing.assert_array_equal(sa.log_prob, a)
+    key = getkey()
+    h1, s1 = jfm.log_prob(field, x, divergence="hutchinson", key=key, **kw)
+    h2, _ = jfm.log_prob(field, x, divergence=jfm.HutchinsonDivergence(), key=key, **kw)
+    np.testing.assert_array_equal(h1, h2)
+    assert s1.stderr is None
+    # the reverse-mode estimator with the same probes: the same numbers up to round-off
+    hv, _ = jfm.log_prob(field, x, divergence=jfm.HutchinsonDivergence(method="vjp"), key=key,
+                         **kw)  # fmt: skip
+    np.testing.assert_allclose(hv, h1, rtol=1e-12)
+    # this field is isotropic linear (J = c(t) I): a Rademacher probe's u^T J u = D c(t)
+    # exactly, so Hutchinson equals the exact divergence up to round-off
+    np.testing.assert_allclose(h1, a, rtol=1e-12)
+    g4, s4 = jfm.log_prob(field, x, divergence=jfm.HutchinsonDivergence(probes=4, noise="gaussian"),
+                          key=key, **kw)  # fmt: skip
+    assert s4.stderr.shape == (3,) and bool(jnp.all(s4.stderr > 0))  # gaussian: random
+
+
+def test_ts_grid_and_fixed_step_nfe(getkey):
+    # A grid ts= is given increasing and integrated from t1 back to t0: the same as a
+    # uniform grid's fixed steps, and nfe against counted calls (Heun: 2 per step).
+    x = jr.normal(getkey(), (3, 3))
+    field = GaussField(jnp.asarray(0.6))
+    grid = jnp.linspace(0.0, 1.0, 9)
+    a, sa, calls = counted(field, x, path=CONDOT, solver=dfx.Heun(), ts=grid, batch="joint")
+    b, _ = jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), steps=8, batch="joint")
+    np.testing.assert_allclose(a, b, rtol=1e-12)  # the same 8 steps up to round-off
+    assert calls == int(sa.nfe) == 16 and int(sa.num_steps) == 8
+    # a non-uniform grid converges to the closed form too
+    s = jnp.linspace(0.0, 1.0, 65)
+    c, _ = jfm.log_prob(field, x, path=CONDOT, solver=dfx.Heun(), ts=s + 0.1 * jnp.sin(jnp.pi * s))
+    assert float(jnp.max(jnp.abs(c - field.log_prob(x)))) < 5e-3  # Heun, 64 steps: ~1.4e-3 seen
 
 
 # -- bits per dimension -----------------------------------------------------------------

@@ -422,7 +422,11 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         )
         dt0 = direction * lax.stop_gradient(tnext - direction * t_start)
         init_nfe = INITIAL_STEP_NFE
-    all_subs = [dfx.SubSaveAt(t1=True)] + ([] if subs is None else [subs])
+    if subs is None:
+        # A single SubSaveAt: dfx.BacksolveAdjoint rejects SaveAt(subs=[...]).
+        saveat = dfx.SaveAt(t1=True, controller_state=control.adaptive)
+    else:
+        saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), subs], controller_state=control.adaptive)
     sol = dfx.diffeqsolve(
         terms,
         solver,
@@ -431,7 +435,7 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         dt0,
         y0,
         args,
-        saveat=dfx.SaveAt(subs=all_subs, controller_state=control.adaptive),
+        saveat=saveat,
         stepsize_controller=control.controller,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -445,10 +449,9 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         num_accepted_steps=jnp.asarray(sol.stats["num_accepted_steps"]),
         num_rejected_steps=jnp.asarray(sol.stats["num_rejected_steps"]),
     )
-    ts = ys = None
-    if subs is not None:
-        ts, ys = sol.ts[1], sol.ys[1]
-    return sol.ys[0][0], ts, ys, stats, sol.result
+    if subs is None:
+        return sol.ys[0], None, None, stats, sol.result
+    return sol.ys[0][0], sol.ts[1], sol.ys[1], stats, sol.result
 
 
 def _joint_vf(t, y, field_args):
@@ -518,15 +521,29 @@ def integrate(
     return x1, ts, xs, stats, result
 
 
-def finish(x1, result, finite, *, throw: bool, who: str, end: str = "t1", nonfinite_hint: str = ""):
-    """``(x1, success)``; with ``throw``, raise (``eqx.error_if``, at run time) on failure."""
+def finish(
+    x1,
+    result,
+    finite,
+    *,
+    throw: bool,
+    who: str,
+    max_steps: int,
+    end: str = "t1",
+    nonfinite_hint: str = "",
+):
+    """``(x1, success)``; with ``throw``, raise (``eqx.error_if``, at run time) on failure.
+
+    ``max_steps`` (static) is named in the message, so the user sees which bound was hit.
+    """
     ok = result == dfx.RESULTS.successful
     if throw:
         # Static strings: part of the compiled function, no traced values in them.
         x1 = eqx.error_if(
             x1,
             result == dfx.RESULTS.max_steps_reached,
-            f"{who}: max_steps reached before {end}; raise max_steps or loosen rtol/atol "
+            f"{who}: max_steps={max_steps} reached before {end}; raise max_steps or loosen "
+            "rtol/atol "
             "(or pass throw=False to inspect the partial result).",
         )
         x1 = eqx.error_if(
@@ -652,7 +669,9 @@ def run(
         joint_field=joint_field,
     )
     finite = finite_per_batch(x1, "joint" if joint_field is not None else batch)
-    x1, success = finish(x1, result, finite, throw=throw, who=who, nonfinite_hint=hint)
+    x1, success = finish(
+        x1, result, finite, throw=throw, who=who, max_steps=max_steps, nonfinite_hint=hint
+    )
     return solution(
         x1, success, result, stats, plan.save_ts if plan.save_ts is not None else ts, xs
     )

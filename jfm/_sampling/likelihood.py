@@ -256,6 +256,7 @@ def _log_prob(aug, x, args, key, plan, prior, *, solver, batch, max_steps, throw
         jnp.all(finite) if batch == "joint" else finite,
         throw=throw,
         who="jfm.log_prob",
+        max_steps=max_steps,
         end="t0",
         nonfinite_hint="a log-density is not finite: the field blows up, or the fixed step "
         "is too large for it",
