@@ -99,7 +99,7 @@ def main():
     rows, pts = [], {}
 
     def scores(x):  # mean over the reference sets (the statistic's noise is large at small n)
-        ed = np.mean([float(jfm.energy_distance(x, r)) for r in refs])
+        ed = np.mean([float(jfm.metrics.energy_distance(x, r)) for r in refs])
         return ed, np.mean([w2(x, r) for r in refs])
 
     ed_floor, w2_floor = scores(gmm.sample(a.n, key=jr.key(3)))
