@@ -71,7 +71,7 @@ def test_known_orders(order_records, gaussian):
     assert abs(orders["Midpoint"] - 2) < 0.15, orders
     assert abs(orders["RK4"] - 4) < 0.3, orders
     fixed = [r for r in order_records if r.mode == "fixed"]
-    for r in fixed:  # NFE from ODEResult: stages x steps for these non-FSAL tableaus
+    for r in fixed:  # NFE from Solution: stages x steps for these non-FSAL tableaus
         stages = {"Euler": 1, "Heun": 2, "Midpoint": 2, "RK4": 4}[r.solver]
         assert r.nfe == stages * r.steps
         assert r.err_rms <= r.err_max

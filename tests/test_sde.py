@@ -28,7 +28,9 @@ def floor() -> float:
     fluctuates by ~70% around it)."""
     keys = jr.split(jr.key(2024), 16)
     sets = [GMM.sample(N, key=k) for k in keys]
-    return float(np.mean([jfm.metrics.energy_distance(a, b) for a, b in zip(sets[::2], sets[1::2])]))
+    return float(
+        np.mean([jfm.metrics.energy_distance(a, b) for a, b in zip(sets[::2], sets[1::2])])
+    )
 
 
 def close_to_gmm(x, key):

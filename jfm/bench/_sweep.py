@@ -82,7 +82,7 @@ def solver_sweep(
     ``tol`` in ``tolerances`` (adaptive solvers only; :class:`diffrax.Euler` has no error
     estimate and is skipped) a solve with ``rtol = atol = tol``, both by
     :func:`jfm.sample_ode` from ``problem.x0`` (in its dtype) with ``batch``. Recorded:
-    the endpoint error against ``problem.reference``, ``ODEResult.nfe``, and the wall
+    the endpoint error against ``problem.reference``, ``Solution.nfe``, and the wall
     time after compilation: the first call compiles (steps and tolerances are traced, so
     one compilation per solver and mode), one warm-up call follows, then the minimum of
     ``timeit.repeat(..., number=1, repeat=repeat)`` with ``jax.block_until_ready``. The

@@ -18,7 +18,7 @@ def _check_trajectory(xs, ts):
     ts = check_array(ts, "ts", ndim=1)
     if xs.ndim < 3:
         raise ValueError(
-            f"`xs` must be a trajectory [T, N, *event] (time-major, as ODEResult.xs) with at "
+            f"`xs` must be a trajectory [T, N, *event] (time-major, as Solution.xs) with at "
             f"least 3 dimensions; got shape {xs.shape}."
         )
     if ts.shape[0] != xs.shape[0] or ts.shape[0] < 2:
@@ -47,7 +47,7 @@ def path_energy(xs: Float[ArrayLike, "T n ..."], ts: Float[ArrayLike, " _T"]) ->
 
     Args:
         xs: ``[T, N, *event]`` states at times ``ts`` (time-major, like
-            :attr:`jfm.ODEResult.xs`).
+            :attr:`jfm.Solution.xs`).
         ts: ``[T]`` strictly increasing times, ``T >= 2``.
 
     Returns:
