@@ -90,6 +90,7 @@ def test_marginal_log_prob_matches_scipy(path):
 # -- 2. score = grad log p_t ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ALL_PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("name", MIXTURES)
 def test_score_is_grad_log_marginal(name, path):
@@ -172,6 +173,7 @@ def test_velocity_single_gaussian_closed_form(path):
 # -- 5. consistency of the parametrizations -----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ALL_PATHS, ids=PATH_IDS)
 def test_fields_consistent_with_convert(path):
     gmm = _gmm("3d")

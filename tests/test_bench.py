@@ -62,6 +62,7 @@ def test_gaussian_flow_solves_the_ode():
     np.testing.assert_allclose(back, x0, rtol=0, atol=1e-14)  # round-off of a 2x2 eigh
 
 
+@pytest.mark.slow
 def test_known_orders(order_records, gaussian):
     # The harness's own fit recovers the classical orders on a smooth closed-form flow.
     orders = {s: p for _, _, s, p, _ in jfm.bench.convergence_orders(order_records)}
@@ -102,6 +103,7 @@ def test_rk4_dense_output():
     assert errs[-1] < 1e-7  # h = 1/64 on an O(1) smooth flow (seen: 2.1e-8)
 
 
+@pytest.mark.slow
 def test_log_likelihood_error(gaussian):
     # The likelihood check (exact divergence, exact source density) shrinks with N at the
     # solver's order: RK4 N=32 -> 64 divides the error by about 2^4.

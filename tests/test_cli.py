@@ -32,6 +32,7 @@ def test_help_reads(capsys):
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_train_sample_deterministic_and_resume_identical(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert _train(a, 20) == 0
@@ -58,6 +59,7 @@ def test_train_refuses_other_config_in_same_dir(tmp_path):
         _train(tmp_path, 20, "--lr", "0.01")
 
 
+@pytest.mark.slow
 def test_demo_runs_and_reports(tmp_path, capsys):
     argv = ["demo", "--steps", "200", "--n", "300", "--out", str(tmp_path), *TINY]
     assert main(argv) == 0

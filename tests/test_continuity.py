@@ -20,6 +20,7 @@ SHIPPED = ALL_PATHS + [
 SHIPPED_IDS = PATH_IDS + ["pfgm", "pfgm++4", "iso-tanh", "iso-tanh-plain", "iso-1-exp", "sb"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=SHIPPED_IDS)
 def test_residual_is_roundoff(path, getkey):
     d = 3

@@ -43,6 +43,7 @@ def test_paths(setup):
     assert float(path.alpha(t)) == pytest.approx(0.3) and float(path.sigma(t)) == pytest.approx(0.7)
 
 
+@pytest.mark.slow
 def test_ground_truth_and_sampling(setup):
     path, gmm, x0 = setup
     u, s = gmm.velocity_field(path), gmm.score_field(path)
@@ -78,6 +79,7 @@ def test_ground_truth_and_sampling(setup):
     assert isinstance(chain, jfm.Solution) and int(chain.nfe) == 10
 
 
+@pytest.mark.slow
 def test_divergence_and_likelihood(setup):
     path, gmm, _ = setup
     u = gmm.velocity_field(path)

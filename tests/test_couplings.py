@@ -110,6 +110,7 @@ def test_sinkhorn_pairs_follow_the_plan_and_its_marginals(getkey):
     assert np.all(np.abs(used.mean(0) - 1.0) <= 4.5 * se_used)
 
 
+@pytest.mark.slow
 def test_sinkhorn_limits(getkey):
     x0, x1 = jr.normal(getkey(), (8, 2)), jr.normal(getkey(), (8, 2)) + 2.0
     # Tiny relative epsilon: the entropic plan concentrates on the exact assignment.

@@ -54,6 +54,7 @@ def leaves_close(a, b, rtol=RTOL):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_sharded_step_equals_single_device_and_compiles_once(fsdp):
     _, state, step = mlp_setup()
@@ -135,6 +136,7 @@ def test_sharded_batch_fn_slices_without_duplication():
         assert op not in text
 
 
+@pytest.mark.slow
 def test_sharded_sampling_and_log_prob_equal_single_device():
     apply, state, _ = mlp_setup()
     field = jfm.field_from_model(apply, state.params)

@@ -43,6 +43,7 @@ def cubic(t, x, args):
     return jnp.sum(x**2) * x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event_shape", [(3,), (2, 2, 2)], ids=["vec", "cube"])
 def test_exact_matches_jacfwd_trace(event_shape, getkey):
     f = mlp_field(getkey(), event_shape)

@@ -25,6 +25,7 @@ PATHS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pfgm", "iso-tanh", "sb"])
 def test_empirical_field_transports_the_empirical_marginal(name, getkey):
     # d/dt p_t + div(p_t u_t) = 0 for the MARGINAL p_t = mean_i p_t(x | y_i): checks the

@@ -121,6 +121,7 @@ class Counting(eqx.Module):
         return self.inner(t, x, args)
 
 
+@pytest.mark.slow
 def test_jump_times_reach_the_controller_and_nfe_is_exact(getkey):
     field = ClassConditionalGMM()
     guided = jfm.classifier_free_guidance(field, 4.0, null_label=3, interval=(0.3, 0.6))

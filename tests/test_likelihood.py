@@ -60,6 +60,7 @@ class GaussField(eqx.Module):
         return jnp.sum(-0.5 * (x / s) ** 2 - jnp.log(s) - 0.5 * math.log(2 * math.pi), axis=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [CONDOT, COSINE], ids=["condot", "cosine"])
 def test_exact_matches_gmm_density(path, getkey):
     # For CondOT and Cosine the source at t = 0 is exactly N(0, I) and the marginal at
@@ -107,6 +108,7 @@ def test_hutchinson_unbiased_with_stderr(getkey):
     [dfx.RecursiveCheckpointAdjoint(), dfx.BacksolveAdjoint()],
     ids=["checkpoint", "backsolve"],
 )
+@pytest.mark.slow
 def test_gradient_wrt_mixture_mean(adjoint, getkey):
     x = points(getkey(), 3)
     # Fixed steps: the discrete solve is a smooth function of the parameters, so the
@@ -272,6 +274,7 @@ def test_bad_input(getkey):
         jfm.log_prob(lambda t, y, a: y[:1], x, path=CONDOT, steps=2, solver=dfx.Euler())
 
 
+@pytest.mark.slow
 def test_divergence_values_and_strings(getkey):
     # the estimator values: "exact" is ExactDivergence(); "hutchinson" is one Rademacher
     # probe (HutchinsonDivergence()), the same numbers for the same key; chunked exact
@@ -301,6 +304,7 @@ def test_divergence_values_and_strings(getkey):
     assert s4.stderr.shape == (3,) and bool(jnp.all(s4.stderr > 0))  # gaussian: random
 
 
+@pytest.mark.slow
 def test_ts_grid_and_fixed_step_nfe(getkey):
     # A grid ts= is given increasing and integrated from t1 back to t0: the same as a
     # uniform grid's fixed steps, and nfe against counted calls (Heun: 2 per step).

@@ -11,6 +11,7 @@ from jfm._misc import sample_flat
 
 # Small rank-4 and rank-5 shapes: the direct reference draw is the slow compile (~5 s for
 # (2, 8, 8, 1) on 2 CPU cores, ~1.5 s for (2, 3, 2, 1)), and the claim does not depend on size.
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(), (5,), (4, 3), (2, 3, 2, 1), (3, 2, 1, 2, 2)])
 def test_sample_flat_draws_the_same_values(shape):
     # Drawn flat and reshaped, the values are those of a direct draw, bit for bit (only

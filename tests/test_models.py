@@ -65,6 +65,7 @@ def _small_net(size, num_classes=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event", [(2,), (4, 4, 1)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_mlp_shape_and_dtype(event, dtype, getkey):

@@ -141,6 +141,7 @@ def test_sample_sde_reaches_gmm(path, getkey):
 COUNTER = CallCounter()
 
 
+@pytest.mark.slow
 def test_score_from_path_same_samples_half_the_calls(getkey):
     # score=path converts the score from the same velocity call: the same samples (to
     # round-off) as score_from_velocity(u, path), with one field call per drift
@@ -219,6 +220,7 @@ def test_em_strong_order_one(getkey):
     assert 0.8 < slope < 1.25, (errs, slope)
 
 
+@pytest.mark.slow
 def test_vmap_batch_and_float32(getkey):
     u, s = GMM.velocity_field(CONDOT), GMM.score_field(CONDOT)
     x0 = jr.normal(getkey(), (4, 2), jnp.float32)
@@ -287,6 +289,7 @@ def test_langevin_gaussian_one_step_moments():
     assert abs(float(jnp.var(y)) - 0.2) < 4 * 0.2 * np.sqrt(2 / 20000)
 
 
+@pytest.mark.slow
 def test_langevin_one_step_update_exact(getkey):
     # The noise is a dfx.UnsafeBrownianPath (one draw per step): given its increment dW
     # over [0, dt], one step is x + (g^2 dt / 2) s(x) + g dW exactly, in both
@@ -334,6 +337,7 @@ def test_langevin_gaussian_stationary_moments_and_no_recompile():
     assert traces[0] == first
 
 
+@pytest.mark.slow
 def test_pc_zero_correctors_is_euler_sde_bit_for_bit(getkey):
     # sample_pc is a diffrax solve with jfm.PredictorCorrector; with corrector_steps=0 it
     # is sample_sde's Euler-Maruyama solve (same tree, same steps) bit for bit.

@@ -76,6 +76,7 @@ def tsit5(field, x0, *, t0=0.0, t1=1.0, tol_=1e-10, batch="joint"):
     )
 
 
+@pytest.mark.slow
 def test_closed_form_gaussian(getkey):
     x0 = noise(getkey())
     field = gauss_field(CONDOT)
@@ -220,6 +221,7 @@ def _stages(solver):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver,order", FIXED_ODE_SOLVERS, ids=lambda s: type(s).__name__)
 def test_convergence_order_and_nfe(solver, order, getkey):
     # The Cosine flow is analytic on [0, 1] with O(1) time derivatives: from 8 steps on
@@ -255,6 +257,7 @@ def test_convergence_order_and_nfe(solver, order, getkey):
     + [(s, dict(rtol=1e-6, atol=1e-6)) for s in ADAPTIVE_ODE_SOLVERS],
     ids=lambda v: type(v).__name__ if isinstance(v, dfx.AbstractSolver) else list(v)[0],
 )
+@pytest.mark.slow
 def test_nfe_matches_counted_evaluations(solver, kw, getkey):
     # (fixed steps in joint mode: see test_convergence_order_and_nfe)
     field = gauss_field(COSINE)
@@ -460,6 +463,7 @@ def heun_by_hand(field, x0, grid):
     return x
 
 
+@pytest.mark.slow
 def test_ts_grid_is_heun_on_that_grid(getkey):
     field = gauss_field(COSINE)
     x0 = noise(getkey())
@@ -501,6 +505,7 @@ def test_ts_grid_traced_no_recompile(getkey):
     assert maxerr(jitted, b.x1) < 1e-12  # same solve under an outer jit
 
 
+@pytest.mark.slow
 def test_ts_grid_order_two(getkey):
     # Heun on refinements of a smooth non-uniform grid t(s) = s + 0.15 sin(2 pi s)
     # (t' = 1 + 0.3 pi cos(2 pi s) > 0): global error O(h^2) against the closed form.
@@ -538,6 +543,7 @@ def test_initial_step_heuristic_is_run_and_counted(getkey):
     assert maxerr(given.x1, auto.x1) < 1e-14  # the same steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", [dfx.Heun(), dfx.Dopri5()], ids=lambda s: type(s).__name__)
 def test_user_stepsize_controller(solver, getkey):
     # Heun: no FSAL; Dopri5: FSAL (Tsit5's FSAL counting is covered above). Controller

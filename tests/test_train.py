@@ -78,6 +78,7 @@ STEP = jfm.make_train_step(apply, ADAM, loss_fn, ema_decay=0.9)
 # -- train_step -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", [optax.sgd(0.1), optax.adam(1e-2)], ids=["sgd", "adam"])
 def test_train_step_equals_hand_written_step(optimizer, getkey):
     params = make_params(getkey())
@@ -249,6 +250,7 @@ def trees_close(a, b, rtol=1e-12):
     return jax.tree.structure(a) == jax.tree.structure(b) and all(jax.tree.leaves(ok))
 
 
+@pytest.mark.slow
 def test_fit_steps_per_call_is_the_same_run(tmp_path):
     """Fused calls (batch_fn traced into a lax.scan) use the per-step keys: the same run,
     with evaluations and checkpoints at the same steps, and bit-identical on resume."""
@@ -539,6 +541,7 @@ def test_errors(tmp_path):
         jfm.restore_checkpoint(tmp_path, params)
 
 
+@pytest.mark.slow
 def test_end_to_end_flow_matching_on_moons(tmp_path):
     """jfm's own model, loss and data through fit: learning happens, resume is exact."""
     from flax import nnx

@@ -84,6 +84,7 @@ def test_cifar_config_has_about_35m_parameters():
 
 
 # Every float64 call below has batch 4 (labels 0..3, 3 the null class): one compilation.
+@pytest.mark.slow
 def test_starts_at_zero_and_examples_are_independent(net64, apply64, getkey):
     x = normal(getkey(), (4, 8, 8, 1))
     t = jnp.asarray([0.1, 0.5, 0.9, 0.3])
@@ -106,6 +107,7 @@ def test_starts_at_zero_and_examples_are_independent(net64, apply64, getkey):
 
 # float32 only: the float64 path is exercised by the other tests (param_dtype=float64),
 # and each dtype costs a full U-Net grad compile (~40 s on the 2-core CI machine).
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32])
 def test_dtypes_jit_and_grad(dtype, net32, getkey):
     apply, params = jitted(net32)
@@ -163,6 +165,7 @@ def test_field_and_training_reduce_the_loss(net32):
     assert jax.eval_shape(field, 0.5, x[0], None).shape == (8, 8, 1)
 
 
+@pytest.mark.slow
 def test_errors(net64):
     with pytest.raises(ValueError, match="`name`"):
         unet_config("imagenet")
