@@ -170,7 +170,7 @@ def make_trainer(task, method, args):
 def evaluate(apply, params, x0, y_test, w2_floor_sq, w2_src_sq):
     field = jfm.field_from_model(apply, params)
     ts = jnp.linspace(0.0, 1.0, 101)
-    sol = jfm.sample_ode(field, x0, solver=dfx.Euler(), steps=100, save_at=ts)
+    sol = jfm.sample_ode(field, x0, solver=dfx.Euler(), steps=100, saveat=ts)
     w2 = float(jfm.metrics.w2(sol.x1, y_test))
     npe = float(jfm.metrics.normalized_path_energy(sol.xs, ts, w2_squared=w2_src_sq))
     adaptive = jfm.sample_ode(field, x0, solver=dfx.Dopri5(), rtol=1e-5, atol=1e-5)

@@ -184,7 +184,7 @@ def _batch_of(batch_fn, n, key):
 
 
 def _sample(
-    apply, params, cfg, n: int, seed: int, solver: str, rtol, atol, steps, save_at=None, mesh=None
+    apply, params, cfg, n: int, seed: int, solver: str, rtol, atol, steps, saveat=None, mesh=None
 ):
     import jax.numpy as jnp
     import jax.random as jr
@@ -199,7 +199,7 @@ def _sample(
         field, x0 = jfm.distributed.replicate(field, mesh), jfm.distributed.shard_batch(x0, mesh)
     t1 = 1.0 - 1e-3 if cfg["path"] == "vp" else 1.0  # VP's velocity is singular at t=1
     kw = dict(steps=steps) if steps else dict(rtol=rtol, atol=atol)
-    return jfm.sample_ode(field, x0, solver=_solver(solver), t1=t1, saveat=save_at, **kw)
+    return jfm.sample_ode(field, x0, solver=_solver(solver), t1=t1, saveat=saveat, **kw)
 
 
 def _plot_2d(ax, x, title, **kw):

@@ -358,7 +358,7 @@ def test_ot_cfm_beats_i_cfm_on_npe():
         state, _ = jax.jit(lambda s: jax.lax.scan(body, s, jr.split(jr.key(1), steps)))(state)
         field = jfm.field_from_model(apply, state.params)
         ts = jnp.linspace(0.0, 1.0, 21, dtype=jnp.float32)
-        sol = jfm.sample_ode(field, x0_test, solver=dfx.Euler(), steps=20, save_at=ts)
+        sol = jfm.sample_ode(field, x0_test, solver=dfx.Euler(), steps=20, saveat=ts)
         npe[name] = float(jfm.metrics.normalized_path_energy(sol.xs, ts, w2_squared=w2_sq))
     # Tong et al. report 0.018 vs 0.222 at convergence; a short run keeps a clear margin.
     assert npe["OT-CFM"] < 0.5 * npe["I-CFM"], npe
