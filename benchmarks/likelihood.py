@@ -1,6 +1,6 @@
 """Log-likelihood speed: jfm.log_prob against flow_matching's ODESolver.compute_likelihood.
 
-Workload (issue 3 and W3 of issue 8): log p(x) of N = 2,000 points (2-D moons) under the
+Workload (W3 of vs_pytorch.py): log p(x) of N = 2,000 points (2-D moons) under the
 foundation benchmark's MLP (4 hidden layers of 512, SiLU, 64-d sinusoidal time
 embedding), trained briefly by jfm and copied weight for weight into torch, so that both
 libraries integrate the very same field (checked). Dopri5 at rtol = atol = 1e-5 from t=1

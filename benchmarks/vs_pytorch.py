@@ -2,7 +2,7 @@
 
 Both libraries get the very same network (jfm.models.MLP, its weights copied into an
 equal torch module; the two fields are checked to agree to float32 round-off) and the
-same hyperparameters. Workloads (issue 8):
+same hyperparameters. Workloads:
 
   W1  training: MLP 4x512 SiLU, CondOT CFM loss, batch 4096, Adam(1e-3): steady-state
       steps/s after the first (compiling) step; compile time separately.

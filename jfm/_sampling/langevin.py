@@ -27,7 +27,9 @@ from .._checks import (
 )
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._misc import sample_flat
-from .base import AbstractCountedSolver, Noise, Solution, check_common, run, setup
+from .base import AbstractCountedSolver, Noise, Solution
+from .control import check_common, setup
+from .core import run
 from .sde import (
     Diffusion,
     MarginalDrift,

@@ -25,7 +25,9 @@ from .._custom_types import Args, RealScalarLike, VectorField
 from .._divergence import AbstractDivergence, resolve_divergence
 from .._misc import sample_flat
 from .._paths import AbstractPath
-from .base import Solution, check_common, check_solver, finish, integrate, setup, solution
+from .base import Solution, solution
+from .control import check_common, check_solver, setup
+from .core import finish, integrate
 
 
 class _Augmented(eqx.Module):

@@ -5,7 +5,9 @@ from jaxtyping import ArrayLike, Float
 
 from .._checks import check_batch, check_callable
 from .._custom_types import Args, RealScalarLike, VectorField
-from .base import Solution, check_common, check_solver, run, setup
+from .base import Solution
+from .control import check_common, check_solver, setup
+from .core import run
 
 
 def sample_ode(

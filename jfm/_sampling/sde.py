@@ -25,7 +25,9 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from .._checks import check_batch, check_callable, check_key, check_positive, is_concrete
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._paths import AbstractConvertiblePath
-from .base import Noise, Setup, Solution, check_common, check_solver, run, setup
+from .base import Noise, Solution
+from .control import Setup, check_common, check_solver, setup
+from .core import run
 
 #: Default resolution of the Brownian tree for adaptive steps, relative to ``t1 - t0``.
 _BROWNIAN_TOL = 2.0**-12
