@@ -56,6 +56,19 @@ from ._sampling import (
     sample_sde as sample_sde,
 )
 
+# -- few-NFE sampling: time grids and flow-aware solvers -------------------------------------
+from ._sampling import (
+    DEIS as DEIS,
+    EDM as EDM,
+    AbstractFlowSolver as AbstractFlowSolver,
+    DPMSolverPP as DPMSolverPP,
+    DPMSolverPP2S as DPMSolverPP2S,
+    UniPC as UniPC,
+    log_snr as log_snr,
+    time_at_log_snr as time_at_log_snr,
+    time_grid as time_grid,
+)
+
 # -- divergence and likelihood --------------------------------------------------------------
 from ._divergence import (
     AbstractDivergence as AbstractDivergence,

@@ -8,10 +8,13 @@ batching and the failure reporting).
 
 import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import lineax as lx
 from jaxtyping import Array, Bool, Float, Int
 
 BATCH_MODES: tuple[str, ...] = ("joint", "vmap")
@@ -70,10 +73,18 @@ class AbstractCountedSolver(dfx.AbstractSolver):
     core counts their NFE exactly, as it does for diffrax's Runge-Kutta tableaus.
     """
 
+    #: The solver counts its evaluations in its state (read with :meth:`nfe_from_state`),
+    #: e.g. because some steps cost fewer evaluations than others.
+    counts_in_state: ClassVar[bool] = False
+
     @property
     @abc.abstractmethod
     def evaluations_per_step(self) -> int:
-        """Evaluations of the per-example field per step."""
+        """Evaluations of the per-example field per step (at most, if counted in state)."""
+
+    def nfe_from_state(self, solver_state) -> Int[Array, ""]:
+        """The evaluations made so far, from the solver state (``counts_in_state``)."""
+        raise NotImplementedError
 
 
 # -- NFE accounting -------------------------------------------------------------------------
@@ -164,3 +175,13 @@ class Noise(eqx.Module):
 
     diffusion: Callable
     brownian: Callable
+
+
+def unsafe_brownian(t0, t1, y0, key):
+    """Brownian motion for fixed steps: one fresh normal draw per increment (no tree)."""
+    return dfx.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct(y0.shape, y0.dtype), key=key)
+
+
+def unit_noise(t, y, args):
+    """The identity diffusion ``I dW`` (for solvers that read the increments themselves)."""
+    return lx.IdentityLinearOperator(jax.ShapeDtypeStruct(y.shape, y.dtype))

@@ -14,7 +14,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .base import INITIAL_STEP_NFE, Noise, Solution, count_nfe, solution
+from .base import INITIAL_STEP_NFE, AbstractCountedSolver, Noise, Solution, count_nfe, solution
 from .control import Setup, StepControl
 
 # -- one solve ----------------------------------------------------------------------------
@@ -46,11 +46,13 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
         )
         dt0 = direction * lax.stop_gradient(tnext - direction * t_start)
         init_nfe = INITIAL_STEP_NFE
+    own = isinstance(solver, AbstractCountedSolver) and solver.counts_in_state
+    states = dict(controller_state=control.adaptive, solver_state=own)
     if subs is None:
         # A single SubSaveAt: dfx.BacksolveAdjoint rejects SaveAt(subs=[...]).
-        saveat = dfx.SaveAt(t1=True, controller_state=control.adaptive)
+        saveat = dfx.SaveAt(t1=True, **states)
     else:
-        saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), subs], controller_state=control.adaptive)
+        saveat = dfx.SaveAt(subs=[dfx.SubSaveAt(t1=True), subs], **states)
     sol = dfx.diffeqsolve(
         terms,
         solver,
@@ -67,8 +69,12 @@ def _solve(vf, y0, t_start, t_end, args, control, key, *, solver, noise, subs, m
     )
     num_steps = jnp.asarray(sol.stats["num_steps"])
     extra = sol.controller_state[2] if control.adaptive else jnp.zeros((), jnp.int32)
+    if own:
+        nfe = solver.nfe_from_state(sol.solver_state).astype(num_steps.dtype) + init_nfe
+    else:
+        nfe = count_nfe(solver, num_steps, extra.astype(num_steps.dtype), init_nfe)
     stats = dict(
-        nfe=count_nfe(solver, num_steps, extra.astype(num_steps.dtype), init_nfe),
+        nfe=nfe,
         num_steps=num_steps,
         num_accepted_steps=jnp.asarray(sol.stats["num_accepted_steps"]),
         num_rejected_steps=jnp.asarray(sol.stats["num_rejected_steps"]),

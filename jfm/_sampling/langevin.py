@@ -27,7 +27,7 @@ from .._checks import (
 )
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._misc import sample_flat
-from .base import AbstractCountedSolver, Noise, Solution
+from .base import AbstractCountedSolver, Noise, Solution, unsafe_brownian
 from .control import check_common, setup
 from .core import run
 from .sde import (
@@ -51,11 +51,6 @@ class _LangevinDrift(eqx.Module):
         # s is the Langevin time; the score is that of the fixed density p_t.
         g = self.diffusion(s)
         return (0.5 * g**2) * call_field(self.score, "score", self.t, x, args)
-
-
-def _unsafe_brownian(t0, t1, y0, key):
-    # Fixed steps only: one fresh normal draw per increment (no tree needed).
-    return dfx.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct(y0.shape, y0.dtype), key=key)
 
 
 def langevin(
@@ -151,7 +146,7 @@ def langevin(
         h = check_positive(dt, "dt", dtype)
     plan = setup(dfx.Euler(), x0, steps=steps, t0=0.0, t1=h * steps, max_steps=steps)
     plan = eqx.tree_at(
-        lambda p: p.noise, plan, Noise(diffusion_vf, _unsafe_brownian), is_leaf=lambda v: v is None
+        lambda p: p.noise, plan, Noise(diffusion_vf, unsafe_brownian), is_leaf=lambda v: v is None
     )
     return run(
         _LangevinDrift(score, t, Diffusion(None, g)),

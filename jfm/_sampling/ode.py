@@ -1,13 +1,15 @@
 """Sampling by ODE integration: ``dx/dt = field(t, x, args)`` on the integrate core."""
 
 import diffrax as dfx
-from jaxtyping import ArrayLike, Float
+import equinox as eqx
+from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
-from .._checks import check_batch, check_callable
+from .._checks import check_batch, check_callable, check_key
 from .._custom_types import Args, RealScalarLike, VectorField
-from .base import Solution
+from .base import Noise, Solution, unit_noise, unsafe_brownian
 from .control import check_common, check_solver, setup
 from .core import run
+from .solvers import AbstractFlowSolver
 
 
 def sample_ode(
@@ -30,6 +32,7 @@ def sample_ode(
     throw: bool = True,
     adjoint: dfx.AbstractAdjoint | None = None,
     jump_ts: Float[ArrayLike, " J"] | None = None,
+    key: PRNGKeyArray | None = None,
 ) -> Solution:
     r"""Transport a batch along the ODE ``dx/dt = field(t, x, args)`` from ``t0`` to ``t1``.
 
@@ -54,6 +57,14 @@ def sample_ode(
     - ``stepsize_controller=``: any diffrax controller, as in ``diffeqsolve`` (adaptive
       ones are wrapped for the jump times and NFE count; ``ConstantStepSize`` needs
       ``dt0``).
+
+    Few-NFE solvers: jfm's solvers for affine paths (:class:`jfm.DPMSolverPP`,
+    :class:`jfm.DPMSolverPP2S`, :class:`jfm.UniPC`, :class:`jfm.DEIS`, :class:`jfm.EDM`)
+    take ``steps=N`` or a grid ``ts=`` (e.g. :func:`jfm.time_grid`); they convert the
+    field's output (their ``pred``) to the data prediction themselves. ``jfm.EDM`` with
+    churn (``gamma > 0``) is stochastic and needs ``key=``; its noise comes from a
+    :class:`diffrax.UnsafeBrownianPath` (``adjoint`` defaults to
+    :class:`diffrax.ForwardMode`).
 
     Batching: ``batch="joint"`` (default) makes ONE ``diffeqsolve`` of the whole batch
     with ``jax.vmap(field)``: shared step sizes (from the error norm over the batch), one
@@ -94,6 +105,7 @@ def sample_ode(
         throw: raise on failure, or return the status.
         adjoint: diffrax adjoint (default ``dfx.RecursiveCheckpointAdjoint()``).
         jump_ts: ``[J]`` times where the field jumps (adaptive control only).
+        key: PRNG key, for stochastic solvers only (``jfm.EDM`` with ``gamma > 0``).
 
     Returns:
         A :class:`jfm.Solution` (``x1`` ``[B, *event]``, ``nfe``, step counts, ``success``,
@@ -116,6 +128,16 @@ def sample_ode(
     check_solver(solver)
     check_callable(field, "field")
     x0 = check_batch(x0, "x0")
+    stochastic = isinstance(solver, AbstractFlowSolver) and solver.stochastic
+    if stochastic:
+        check_key(key)
+        if adjoint is None:
+            adjoint = dfx.ForwardMode()  # UnsafeBrownianPath supports forward mode only
+    elif key is not None:
+        raise ValueError(
+            f"`key` is for stochastic solvers only (e.g. jfm.EDM(path, gamma=0.3)); "
+            f"solver={type(solver).__name__}() is deterministic. Leave key out."
+        )
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
     plan = setup(
         solver,
@@ -132,10 +154,14 @@ def sample_ode(
         jump_ts=getattr(field, "jump_ts", None) if jump_ts is None else jump_ts,
         max_steps=max_steps,
     )
+    if stochastic:
+        plan = eqx.tree_at(
+            lambda p: p.noise, plan, Noise(unit_noise, unsafe_brownian), is_leaf=lambda v: v is None
+        )
     return run(
         field,
         x0,
-        None,
+        key,
         args,
         plan,
         solver=solver,
