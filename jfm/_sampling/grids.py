@@ -12,6 +12,7 @@ exp(-lambda)``. Times at a given log-SNR are found by bisection on ``[t0, t1]``,
 schedule works, closed form or not.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
@@ -103,10 +104,21 @@ def time_at_log_snr(
     if not jnp.issubdtype(lam.dtype, jnp.floating):
         lam = lam.astype(jnp.result_type(float))
     t0, t1 = _check_ends(t0, t1, lam.dtype)
-    flat = lam.reshape(-1)
-    t = _invert(lambda t: log_snr(path, t), flat, t0, t1)
-    t = jnp.where(flat == jnp.inf, t1, jnp.where(flat == -jnp.inf, t0, t))
-    return t.reshape(lam.shape)
+    return _time_at(path, lam.reshape(-1), t0, t1).reshape(lam.shape)
+
+
+@eqx.filter_jit
+def _time_at(path, lam, t0, t1):
+    t = _invert(lambda t: log_snr(path, t), lam, t0, t1)
+    return jnp.where(lam == jnp.inf, t1, jnp.where(lam == -jnp.inf, t0, t))
+
+
+@eqx.filter_jit
+def _time_at_angle(path, target, t0, t1):
+    sch = path.schedule
+    return _invert(
+        lambda t: jnp.arctan2(jax.vmap(sch.alpha)(t), jax.vmap(sch.sigma)(t)), target, t0, t1
+    )
 
 
 def _check_ends(t0, t1, dtype):
@@ -132,7 +144,7 @@ def time_grid(
     sigma_min: RealScalarLike = 0.002,
     sigma_max: RealScalarLike = 80.0,
     dtype=None,
-) -> Float[Array, " steps+1"]:
+) -> Float[Array, " n"]:
     r"""A named time grid ``ts [steps + 1]``, increasing from ``t0`` to ``t1`` (both kept).
 
     With ``u_i = i / steps``, ``lambda`` the path's log-SNR (:func:`jfm.log_snr`) and
@@ -188,6 +200,7 @@ def time_grid(
         >>> [round(float(t), 4) for t in jfm.time_grid("shift", 4, path=path, shift=3.0)]
         [0.0, 0.1, 0.25, 0.5, 1.0]
     """
+    given = (t0, t1, sigma_min, sigma_max)
     check_name(kind, "kind", GRIDS)
     steps = check_int(steps, "steps", 1)
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
@@ -211,7 +224,7 @@ def time_grid(
         angle = lambda t: jnp.arctan2(jax.vmap(sch.alpha)(t), jax.vmap(sch.sigma)(t))
         a = angle(jnp.stack([t0, t1]))
         target = a[0] + u * (a[1] - a[0])
-        return _finish(_invert(angle, target, t0, t1), t0, t1, kind)
+        return _finish(_time_at_angle(path, target, t0, t1), t0, t1, kind)
     # "edm" and "logsnr": spaced between the (finite) noise levels at the ends.
     sigma_min = check_positive(sigma_min, "sigma_min", dtype)
     sigma_max = check_positive(sigma_max, "sigma_max", dtype)
@@ -219,13 +232,14 @@ def time_grid(
         raise ValueError(
             f"`sigma_min` must be below `sigma_max`; got {float(sigma_min)}, {float(sigma_max)}."
         )
-    with jax.ensure_compile_time_eval():  # concrete for concrete ends, also under jit
-        ends = log_snr(path, jnp.stack([t0, t1]))
-        if not is_concrete((ends, sigma_min, sigma_max)):
-            raise ValueError(
-                f'The "{kind}" grid needs concrete t0, t1, sigma_min and sigma_max: its '
-                "number of spaced points depends on the noise levels at the ends."
-            )
+    if not all(map(_concrete, given)):
+        raise ValueError(
+            f'The "{kind}" grid needs concrete t0, t1, sigma_min and sigma_max: its '
+            "number of spaced points depends on the noise levels at the ends."
+        )
+    with jax.ensure_compile_time_eval():  # concrete also under jit
+        t0c, t1c, sigma_min, sigma_max = (jnp.asarray(float(v), dtype) for v in given)
+        ends = log_snr(path, jnp.stack([t0c, t1c]))
         lam_lo = jnp.maximum(ends[0], -jnp.log(sigma_max))
         lam_hi = jnp.minimum(ends[1], -jnp.log(sigma_min))
         extra = bool(ends[1] > lam_hi)  # the data end is below sigma_min: one more step
@@ -242,6 +256,10 @@ def time_grid(
     inner = time_at_log_snr(path, lam, t0=t0, t1=t1)
     ts = jnp.concatenate([inner] + [t1[None]] * (steps - last))
     return _finish(ts, t0, t1, kind)
+
+
+def _concrete(v) -> bool:
+    return not isinstance(v, jax.core.Tracer)
 
 
 def _finish(ts, t0, t1, kind):

@@ -144,7 +144,7 @@ class AbstractFlowSolver(AbstractCountedSolver):
         e = self.path.convert(t, y, out, src=self.pred, dst="x0")
         return d.astype(y.dtype), e.astype(y.dtype)
 
-    def _push(self, st: FewStepState, m, t, n: int = 1, **extra) -> FewStepState:
+    def _push(self, st: FewStepState, m, t, n: int | Array = 1, **extra) -> FewStepState:
         """Store ``(m, t)`` as the newest history point (usable where ``lambda(t)`` is
         finite) and count ``n`` evaluations."""
         k = st.ms.shape[0]
@@ -186,7 +186,12 @@ class DPMSolverPP(AbstractFlowSolver):
 
     - order 1 (DDIM): ``x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D_0``;
     - order 2 ("2M", the midpoint form): ``... - alpha_t (e^{-h} - 1) / 2 * (D_0 - D_1) / r_0``;
-    - order 3 ("3M"): the second-order divided differences, as in the paper.
+    - order 3 ("3M"): with the divided differences ``D_1 ~ h D'`` and ``D_2 ~ h^2 D'' / 2``
+      of the last three evaluations, ``... + alpha_t ((e^{-h} - 1) / h + 1) D_1 + alpha_t
+      (1 - 2 (e^{-h} - 1 + h) / h^2) D_2``, the third-order Taylor coefficients. (The
+      reference DPM-Solver code and diffusers weight ``D_2`` by ``1/2 - (e^{-h} - 1 + h) /
+      h^2``, half of that, which makes their 3M a second-order method; the tests measure
+      both.)
 
     The first steps warm up at lower order and the step to ``sigma = 0`` is the denoising
     step (see the module notes). Order 1 is DDIM, exact for any grid when ``D`` is
@@ -240,7 +245,7 @@ class DPMSolverPP(AbstractFlowSolver):
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
             cands.append(
-                x1 + (a_t * (emh / hs + 1.0)) * d1 - (a_t * ((emh + hs) / hs**2 - 0.5)) * d2
+                x1 + (a_t * (emh / hs + 1.0)) * d1 + (a_t * (1.0 - 2.0 * (emh + hs) / hs**2)) * d2
             )
         y1 = _select(k, cands)
         return _done(y0, y1, self._push(st, d0, t0))
@@ -352,8 +357,9 @@ class UniPC(AbstractFlowSolver):
     for UniP-2 and UniC-1). The corrector is not applied after the last step (no
     evaluation is made there), as in diffusers: ``x1`` and the states saved at the grid
     times are predicted points. Warm-up, the step to ``sigma = 0`` and the restart after
-    ``alpha = 0`` follow the module notes; the corrector also skips the step after a start
-    at ``alpha = 0``.
+    ``alpha = 0`` follow the module notes; after a step from ``alpha = 0`` the corrector is
+    UniC-1 with ``B(h) = -1`` (the limit of ``"bh2"`` as ``h -> inf``, which diffusers
+    also computes), for either variant.
 
     Args:
         path: the :class:`jfm.AffinePath` of the model.
@@ -412,6 +418,8 @@ class UniPC(AbstractFlowSolver):
         ok = jnp.isfinite(h)
         hh = -_safe(h, ok)
         b_h, b = _unipc_rhs(hh, self.variant, p)
+        # From alpha = 0 (h = inf) only UniC-1 runs, with B(h) -> -1 (bh2's limit).
+        b_h = jnp.where(ok, b_h, -1.0)
         base = (s_t / s_s) * x - (a_t * jnp.expm1(-h)) * m0
         n_old = p - 1
         rks = [(self._lam(ti) - lam_s) / -hh for _, ti in olds[:n_old]]
@@ -443,8 +451,7 @@ class UniPC(AbstractFlowSolver):
                 self._update(st.last, hist[0][1], t0, hist[0][0], hist[1:], p, m_t=m)
                 for p in range(1, self.order_ + 1)
             ]
-            use = (st.prev_order >= 1) & (st.count >= 1)
-            x = jnp.where(use, _select(st.prev_order, cands), y0)
+            x = jnp.where(st.prev_order >= 1, _select(st.prev_order, cands), y0)
         _, s_t, _ = self._coeffs(t1)
         finite = jnp.isfinite(self._lam(t0)) & (s_t > 0)
         k = jnp.where(finite, jnp.minimum(self.order_, st.count + 1), 1)
