@@ -551,7 +551,7 @@ class DEIS(AbstractFlowSolver):
 # -- EDM -------------------------------------------------------------------------------------
 
 
-class EDM(AbstractFlowSolver):
+class EDM(AbstractFlowSolver, dfx.AbstractItoSolver):
     r"""EDM's sampler (Karras et al. 2022, Alg. 2): Heun's method in ``rho = sigma / alpha``.
 
     In the variables ``x / alpha`` and ``rho``, where the ODE reads ``d(x / alpha) / d rho
