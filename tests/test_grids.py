@@ -115,3 +115,19 @@ def test_sample_ode_on_a_named_grid():
     want = math.prod(1 - float(b - a) for a, b in zip(ts[:-1], ts[1:]))
     np.testing.assert_allclose(sol.x1, want, rtol=1e-13)
     assert int(sol.nfe) == 4
+
+
+def test_grids_drive_sde_and_likelihood():
+    # The same grids serve the SDE sampler and the likelihood solve (run from 1 back to 0).
+    gmm = jfm.GaussianMixture(jnp.zeros((1, 2)), 0.5 * jnp.eye(2)[None], jnp.ones(1))
+    u = gmm.velocity_field(CONDOT)
+    x1 = jnp.array([[0.3, -0.2], [1.0, 0.4]])
+    ts = jfm.time_grid("cosine", 24, path=CONDOT, t0=1e-3, t1=1 - 1e-3)
+    logp, info = jfm.log_prob(u, x1, path=CONDOT, solver=dfx.Heun(), ts=ts)
+    np.testing.assert_allclose(logp, jax.vmap(gmm.log_prob)(x1), atol=2e-3)
+    assert bool(jnp.all(info.nfe == 2 * 24))
+    s = gmm.score_field(CONDOT)
+    sol = jfm.sample_sde(
+        u, s, jnp.zeros((3, 2)), diffusion=0.3, key=jax.random.key(0), ts=ts, solver=dfx.Euler()
+    )
+    assert int(sol.nfe) == 24 and bool(sol.success)
