@@ -161,6 +161,74 @@ def test_sharded_sampling_and_log_prob_equal_single_device():
         sample(field, x0[:12])
 
 
+# -- couplings of a split batch ----------------------------------------------------------------
+
+
+def _per_group(coupling, x0, x1, k, key=None):
+    """The coupling of each group of k consecutive device slices, concatenated."""
+    b = x0.shape[0] // (N_DEV // k)
+    f = jax.jit(lambda a, c, kg: coupling(a, c, key=kg)[0])  # one compilation for all groups
+    out = []
+    for g in range(N_DEV // k):
+        sl = slice(g * b, (g + 1) * b)
+        out.append(f(x0[sl], x1[sl], None if key is None else jr.fold_in(key, g)))
+    return np.concatenate(out)
+
+
+def test_shard_coupling_global_equals_single_device_and_groups_are_local():
+    mesh = jfm.distributed.data_mesh()
+    x0 = jr.normal(jr.key(0), (64, 2), jnp.float64)
+    x1 = 3.0 + jr.normal(jr.key(1), (64, 2), jnp.float64)
+    s0, s1 = jfm.distributed.shard_batch((x0, x1), mesh)
+    ot = jfm.exact_ot_coupling
+
+    def shuffle(a, b, *, key):  # a random coupling (cheap to compile): the key's role
+        return jr.permutation(key, a), b
+
+    key = jr.key(2)
+
+    def run(coupling, scope):
+        f = jfm.distributed.shard_coupling(coupling, mesh, scope=scope)
+        return jax.jit(lambda a, b, k: f(a, b, key=k))(s0, s1, key)
+
+    # Gather, solve, scatter: bitwise the single-device coupling of the whole batch, with
+    # the same key (random draws included), and split over the devices like the input.
+    for coupling in (ot, shuffle):
+        c0, c1 = run(coupling, "global")
+        np.testing.assert_array_equal(c0, jax.jit(coupling)(x0, x1, key=key)[0])
+        np.testing.assert_array_equal(c1, x1)
+        assert c0.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
+    # Per device, and per group of 4 devices: each group's own coupling, its index folded
+    # into the key of a random one.
+    np.testing.assert_array_equal(run(ot, "device")[0], _per_group(ot, x0, x1, 1))
+    np.testing.assert_array_equal(run(shuffle, 4)[0], _per_group(shuffle, x0, x1, 4, key))
+    # A plain jit of the coupling on the split batch lets XLA gather it whole: global too.
+    np.testing.assert_array_equal(jax.jit(ot)(s0, s1)[0], ot(x0, x1)[0])
+
+
+@pytest.mark.slow
+def test_sharded_ot_cfm_step_with_the_global_plan_equals_single_device():
+    apply, state, _ = mlp_setup()
+    mesh = jfm.distributed.data_mesh()
+    opt = optax.adam(1e-2)
+    global_ot = jfm.distributed.shard_coupling(jfm.exact_ot_coupling, mesh)
+    single = jfm.make_train_step(
+        apply, opt, functools.partial(jfm.cfm_loss, path=PATH, coupling=jfm.exact_ot_coupling)
+    )
+    step = jfm.make_train_step(
+        apply, opt, functools.partial(jfm.cfm_loss, path=PATH, coupling=global_ot)
+    )
+    state = jfm.init_train_state(state.params, opt)
+    sharded = jfm.distributed.make_sharded_train_step(step, mesh, state, donate=False)
+    s_state = jax.device_put(state, jfm.distributed.state_sharding(state, mesh))
+    ref = state
+    for i in range(2):
+        batch = batch_fn(jr.key(10 + i))
+        ref, _ = jax.jit(single)(ref, batch, jr.key(i))
+        s_state, _ = sharded(s_state, jfm.distributed.shard_batch(batch, mesh), jr.key(i))
+    leaves_close(s_state, ref)
+
+
 def test_fit_with_sharded_step_restores_shardings(tmp_path):
     _, state, step = mlp_setup()
     mesh = jfm.distributed.data_mesh()
@@ -219,12 +287,22 @@ def test_errors():
         jfm.distributed.initialize("localhost:1", num_processes=2, process_id=2)
     replicated = jfm.distributed.state_sharding({"w": jnp.zeros(3)}, mesh)["w"]
     assert replicated == NamedSharding(mesh, P())
+    ot = jfm.exact_ot_coupling
+    for bad in (3, 0, "host"):
+        with raises_arg(ValueError, "scope"):
+            jfm.distributed.shard_coupling(ot, mesh, scope=bad)
+    with raises_arg(TypeError, "scope"):
+        jfm.distributed.shard_coupling(ot, mesh, scope=2.0)
+    with raises_arg(TypeError, "coupling"):
+        jfm.distributed.shard_coupling("exact_ot", mesh)
+    with raises_arg(ValueError, "x0, x1", "divisible"):
+        jfm.distributed.shard_coupling(ot, mesh)(jnp.zeros((12, 2)), jnp.zeros((12, 2)))
 
 
 def test_the_helpers_live_in_jfm_distributed_only():
     names = (
         "batch_sharding initialize data_mesh make_sharded_train_step replicate shard_batch "
-        "shard_over_batch sharded_batch_fn state_sharding"
+        "shard_coupling shard_over_batch sharded_batch_fn state_sharding"
     ).split()
     assert sorted(jfm.distributed.__all__) == sorted(names)
     for name in names + ["make_mesh"]:
