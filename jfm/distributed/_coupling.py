@@ -69,6 +69,14 @@ def shard_coupling(
     ``"global"``, so random couplings (Sinkhorn) draw independently per group and
     ``"global"`` draws exactly what one device would.
 
+    Host callbacks: ``jfm.exact_ot_coupling``'s ``"scipy"`` method (the default on a CPU
+    backend above 32 pairs) solves on the host through :func:`jax.pure_callback`. With
+    several CPU devices in one process (``--xla_force_host_platform_device_count``), a host
+    callback next to the collectives of a group or the global scope has been seen to
+    deadlock (jax 0.10: a device never reaches the collective); per-device scope has no
+    collective and is safe. On such a mesh pass a device-side method,
+    ``functools.partial(jfm.exact_ot_coupling, method="hungarian")`` (or ``"auction"``).
+
     Args:
         coupling: a coupling ``(x0, x1, *, key) -> (x0', x1')`` (``jfm.exact_ot_coupling``,
             ``functools.partial(jfm.sinkhorn_coupling, epsilon=...)``, ...), returning
