@@ -174,7 +174,7 @@ def part_sinkhorn(sizes, repeat, eps_rel, tol):
     return rows
 
 
-def part_step(batch, repeat):
+def part_step(batches, repeat):
     import optax
     from flax import nnx
 
@@ -182,23 +182,23 @@ def part_step(batch, repeat):
     net = jfm.models.MLP(2, hidden_features=512, depth=4, rngs=nnx.Rngs(0))
     apply, params = jfm.split_model(net)
     opt = optax.adam(1e-3)
-    x1 = problem(batch)[1]
-    fns, rows = {}, []
-    for name, coupling in (("independent", None), ("exact OT", jfm.exact_ot_coupling)):
-        loss = functools.partial(jfm.cfm_loss, path=path, coupling=coupling)
-        step = jax.jit(jfm.make_train_step(apply, opt, loss))
-        state = jfm.init_train_state(params, opt)
-        key = jr.key(0)
-        first, _ = _common.first_call(
-            lambda s=step, st=state: jax.block_until_ready(s(st, x1, key))
-        )
-        fns[name] = lambda s=step, st=state: jax.block_until_ready(s(st, x1, key))
-    times = _common.alternate(fns, repeat)
-    base = median_ms(times["independent"])
-    for name, ts in times.items():
-        ms = median_ms(ts)
-        rows.append([batch, name, f"{ms:.2f}", f"{ms / base:.2f}x"])
-    print(*rows, sep="\n", flush=True)
+    rows = []
+    for batch in batches:
+        x1 = problem(batch)[1]
+        fns = {}
+        for name, coupling in (("independent", None), ("exact OT", jfm.exact_ot_coupling)):
+            loss = functools.partial(jfm.cfm_loss, path=path, coupling=coupling)
+            step = jax.jit(jfm.make_train_step(apply, opt, loss))
+            state = jfm.init_train_state(params, opt)
+            key = jr.key(0)
+            jax.block_until_ready(step(state, x1, key))
+            fns[name] = lambda s=step, st=state: jax.block_until_ready(s(st, x1, key))
+        times = _common.alternate(fns, repeat)
+        base = median_ms(times["independent"])
+        for name, ts in times.items():
+            ms = median_ms(ts)
+            rows.append([batch, name, f"{ms:.2f}", f"{ms / base:.2f}x"])
+        print(*rows[-2:], sep="\n", flush=True)
     return rows
 
 
@@ -211,16 +211,34 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn epsilon / mean cost")
     p.add_argument("--tol", type=float, default=1e-6, help="Sinkhorn marginal tolerance")
-    p.add_argument("--step-batch", type=int, default=512)
+    p.add_argument("--step-batch", nargs="+", type=int, default=[512])
+    p.add_argument("--torch-threads", type=int, default=1, help="torch and BLAS threads")
     p.add_argument("--out", default="benchmarks/results/ot_assignment.md")
     args = p.parse_args(argv)
+    # The baselines' threads: one (on a shared machine, spinning OpenMP/BLAS threads slow
+    # them down; one thread is their best case there).
+    try:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.torch_threads)
+    except ImportError:
+        pass
     print(_common.header(), flush=True)
     sections = [f"# Minibatch OT speed\n\n{_common.header()}\n"]
     try:
         import ot
         import torchcfm
 
-        sections.append(f"POT {ot.__version__}, torchcfm {torchcfm.__version__}\n")
+        sections.append(
+            f"POT {ot.__version__}, torchcfm {torchcfm.__version__}; baselines with "
+            f"{args.torch_threads} torch/BLAS thread(s)\n"
+        )
     except ImportError as e:
         sections.append(f"baseline missing: {e}\n")
     cmd = "python benchmarks/ot_assignment.py " + " ".join(argv or sys.argv[1:])
