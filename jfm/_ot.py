@@ -166,19 +166,22 @@ def _lsa_host(cost, g, allowed):
     """``linear_sum_assignment`` of the reduced cost, looping over any leading batch axes."""
     from scipy.optimize import linear_sum_assignment
 
-    cost, g, allowed = np.asarray(cost), np.asarray(g), np.asarray(allowed)
+    cost, g = np.asarray(cost), np.asarray(g)
+    masked = allowed is not None
+    allowed = np.asarray(allowed) if masked else np.ones((1, 1), bool)
     batch = np.broadcast_shapes(cost.shape[:-2], g.shape[:-1], allowed.shape[:-2])
     n = cost.shape[-1]
     cost = np.broadcast_to(cost, batch + (n, n))
     g = np.broadcast_to(g, batch + (n,))
-    allowed = np.broadcast_to(allowed, batch + (n, n))
+    allowed = np.broadcast_to(allowed, batch + allowed.shape[-2:])
     out = np.empty(batch + (n,), np.int32)
     for idx in np.ndindex(*batch):
         r = cost[idx].astype(np.float64) - g[idx].astype(np.float64)[None, :]
-        r = np.where(allowed[idx], r, np.inf)
+        if masked:
+            r = np.where(allowed[idx], r, np.inf)
         with np.errstate(invalid="ignore"):
             r -= np.min(r, axis=1, keepdims=True)
-        if not np.all(np.isfinite(r) | ~allowed[idx]):
+        if np.isnan(r).any() or (not masked and not np.isfinite(r).all()):
             raise ValueError(
                 "The cost matrix of the exact OT assignment contains NaN or infinite "
                 "values (non-finite inputs `x0`/`x1`?)."
@@ -189,9 +192,11 @@ def _lsa_host(cost, g, allowed):
 
 
 def _host_assignment(cost, g, allowed):
-    if allowed is None:
-        allowed = jnp.ones((1, 1), bool)  # broadcast by the callback
     shape = jax.ShapeDtypeStruct(cost.shape[:-1], jnp.int32)
+    if allowed is None:
+        return jax.pure_callback(
+            lambda c, g: _lsa_host(c, g, None), shape, cost, g, vmap_method="expand_dims"
+        )
     return jax.pure_callback(_lsa_host, shape, cost, g, allowed, vmap_method="expand_dims")
 
 
