@@ -32,29 +32,21 @@ def _is_permutation_of(a, b):
 
 # -- exact OT ---------------------------------------------------------------------------------
 
+#: One jitted coupling per method, shared by the tests (one compilation per shape and dtype).
+OT = {
+    m: jax.jit(functools.partial(jfm.exact_ot_coupling, method=m))
+    for m in ("auto", "scipy", "auction", "hungarian")
+}
 
-def test_exact_ot_matches_brute_force_and_scipy(getkey):
-    ot = jax.jit(jfm.exact_ot_coupling)
-    # Brute force over all 6! permutations.
+
+def test_exact_ot_matches_brute_force(getkey):
+    # Brute force over all 6! permutations (the default method on this backend).
     x0, x1 = jr.normal(getkey(), (6, 2)), 1.0 + jr.normal(getkey(), (6, 2))
     c = _sq(x1, x0)  # c[j, i] = |x1_j - x0_i|^2
     best = min(itertools.permutations(range(6)), key=lambda p: sum(c[j, p[j]] for j in range(6)))
-    c0, c1 = ot(x0, x1)
+    c0, c1 = OT["auto"](x0, x1)
     np.testing.assert_array_equal(c0, np.asarray(x0)[list(best)])  # same rows, bitwise
     np.testing.assert_array_equal(c1, x1)  # data stay in place
-    # scipy's assignment on a larger batch of image-shaped events (flattened for the cost).
-    for shape in ((24, 2, 2, 1),):
-        x0, x1 = jr.normal(getkey(), shape), 0.5 + 2 * jr.normal(getkey(), shape)
-        c0, c1 = ot(x0, x1)
-        assert _is_permutation_of(c0, x0)  # no duplicated or dropped point
-        rows, cols = scipy.optimize.linear_sum_assignment(_sq(x1, x0))
-        ref = np.asarray(x0)[cols[np.argsort(rows)]]
-        # Continuous data: the optimum is unique, so the permutation is scipy's.
-        np.testing.assert_array_equal(c0, ref)
-    # Names and vmap: a batch of problems gives the per-problem couplings.
-    xs0, xs1 = jr.normal(getkey(), (2, 6, 2)), jr.normal(getkey(), (2, 6, 2))
-    batched = jax.vmap(jfm.exact_ot_coupling)(xs0, xs1)[0]
-    np.testing.assert_array_equal(batched[1], ot(xs0[1], xs1[1])[0])
 
 
 def test_exact_ot_float32_and_translation(getkey):
@@ -63,6 +55,93 @@ def test_exact_ot_float32_and_translation(getkey):
     c0, c1 = jfm.exact_ot_coupling(x0, x0 + jnp.array([[3.0, -1.0]], jnp.float32))
     assert c0.dtype == jnp.float32
     np.testing.assert_array_equal(c0, x0)
+
+
+def _auction_bound(cost, dtype):
+    """The auction's stated gap: n * eps, eps = 16 * finfo(dtype).eps * max C."""
+    return cost.shape[0] * 16 * float(jnp.finfo(dtype).eps) * float(np.max(np.abs(cost)))
+
+
+def _check_optimal(method, c0, x0, x1, dtype):
+    """c0 is a re-ordering of x0 whose pairs with x1 cost the optimum (or within the bound)."""
+    assert _is_permutation_of(c0, x0)  # no duplicated or dropped point
+    cost = _sq(x1, x0)
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    opt = cost[rows, cols].sum()
+    got = np.diag(_sq(x1, c0)).sum()
+    if method == "auction":
+        assert got - opt <= _auction_bound(cost, dtype) + 1e-12 * opt, got - opt
+    else:
+        # float64: round-off of the sum; float32 costs round before the solve, so the
+        # optimum of the float32 cost may differ from scipy's float64 one by that round-off.
+        rtol = 1e-12 if dtype == jnp.float64 else 1e-6
+        np.testing.assert_allclose(got, opt, rtol=rtol)
+
+
+def _problems(key):
+    """Three [32, 2] float64 problems: random, ties on an integer grid, all costs equal."""
+    k = jr.split(key, 4)
+    x0 = jnp.stack(
+        [
+            jr.normal(k[0], (32, 2)),
+            jr.randint(k[1], (32, 2), 0, 3).astype(jnp.float64),  # many optimal permutations
+            jnp.zeros((32, 2)),  # with x1 = 1: every permutation is optimal
+        ]
+    )
+    x1 = jnp.stack(
+        [
+            1.0 + 2.0 * jr.normal(k[2], (32, 2)),
+            jr.randint(k[3], (32, 2), 0, 3).astype(jnp.float64),
+            jnp.ones((32, 2)),
+        ]
+    )
+    return x0, x1
+
+
+@pytest.mark.parametrize("method", ["scipy", "auction", "hungarian"])
+def test_exact_ot_methods_optimal_on_random_and_tied_costs(method, getkey):
+    xs0, xs1 = _problems(getkey())
+    # vmap over the three problems (one compilation), each against scipy.
+    batched = jax.jit(jax.vmap(OT[method]))(xs0, xs1)
+    for b in range(3):
+        c0, c1 = OT[method](xs0[b], xs1[b])
+        np.testing.assert_array_equal(c1, xs1[b])  # data stay in place
+        np.testing.assert_array_equal(batched[0][b], c0)  # vmap = one problem at a time
+        _check_optimal(method, c0, xs0[b], xs1[b], jnp.float64)
+    # Continuous data: a unique optimum, so the exact methods return scipy's permutation.
+    if method != "auction":
+        rows, cols = scipy.optimize.linear_sum_assignment(_sq(xs1[0], xs0[0]))
+        np.testing.assert_array_equal(batched[0][0], np.asarray(xs0[0])[cols[np.argsort(rows)]])
+    # float32 in, float32 out, optimal for the float32 cost.
+    x0, x1 = xs0[0].astype(jnp.float32), xs1[0].astype(jnp.float32)
+    c0 = OT[method](x0, x1)[0]
+    assert c0.dtype == jnp.float32
+    _check_optimal(method, c0, x0, x1, jnp.float32)
+
+
+def test_exact_ot_determinism_key_and_gradients(getkey):
+    xs0, xs1 = _problems(getkey())
+    x0, x1 = xs0[0], xs1[0]
+    f = OT["scipy"]
+    c0 = f(x0, x1)[0]
+    # Deterministic, and the key changes nothing (eager call, new key).
+    np.testing.assert_array_equal(f(x0, x1)[0], c0)
+    np.testing.assert_array_equal(jfm.exact_ot_coupling(x0, x1, key=getkey())[0], c0)
+    # Gradients flow through the matched values (the matching is a fixed choice).
+    grad = jax.grad(lambda a: jnp.sum((f(a, x1)[0] - x1) ** 2))(x0)
+    idx = np.argmin(_sq(c0, x0), axis=1)  # where each matched row came from
+    ref = np.zeros(x0.shape)
+    ref[idx] = 2 * (np.asarray(c0) - np.asarray(x1))
+    np.testing.assert_allclose(grad, ref, rtol=1e-12)
+
+
+def test_exact_ot_auto_larger_batch(getkey):
+    # On a CPU backend auto is the warm-started host solve above 32 pairs; at 300 pairs
+    # of 8-gaussians data the warm start matters. Image-shaped events, flattened.
+    x0 = jr.normal(getkey(), (300, 2, 1), jnp.float32)
+    x1 = jfm.data.eight_gaussians(300, key=getkey(), radius=5.0, std=1.0, dtype=jnp.float32)
+    c0 = OT["auto"](x0, x1[:, :, None])[0]
+    _check_optimal("scipy", c0, x0, x1[:, :, None], jnp.float32)
 
 
 # -- Sinkhorn -----------------------------------------------------------------------------------
@@ -127,21 +206,25 @@ def test_sinkhorn_limits(getkey):
 # -- label-aware OT ----------------------------------------------------------------------------
 
 
-def test_label_ot_is_exact_ot_within_each_class(getkey):
+@pytest.mark.parametrize("method", ["auto", "scipy", "auction"])
+def test_label_ot_is_exact_ot_within_each_class(method, getkey):
     b = 24
     x0, x1 = jr.normal(getkey(), (b, 2)), jr.normal(getkey(), (b, 2)) * 2
     labels = jr.randint(getkey(), (b,), 0, 3)
+    labels = labels.at[0].set(3)  # a class of one pair: its only allowed match
     # The labels are bound into the coupling, which then follows the protocol.
-    coupling = jax.jit(lambda a, c, lab, k: jfm.label_ot_coupling(lab)(a, c, key=k))
+    coupling = jax.jit(lambda a, c, lab, k: jfm.label_ot_coupling(lab, method=method)(a, c, key=k))
     c0, c1 = coupling(x0, x1, labels, getkey())
     np.testing.assert_array_equal(c1, x1)
     assert _is_permutation_of(c0, x0)
     x0n, c0n, lab = np.asarray(x0), np.asarray(c0), np.asarray(labels)
-    for k in range(3):
+    for k in range(4):
         idx = np.flatnonzero(lab == k)
         assert _is_permutation_of(c0n[idx], x0n[idx])  # no pair crosses classes
         rows, cols = scipy.optimize.linear_sum_assignment(_sq(x1[idx], x0n[idx]))
         np.testing.assert_array_equal(c0n[idx], x0n[idx][cols[np.argsort(rows)]])
+    if method != "auto":
+        return
     # Through cfm_loss(coupling=...): the same as coupling the noise beforehand.
     apply = lambda p, t, x, args: p * x  # noqa: E731
     path, key = jfm.AffinePath(jfm.CondOT()), getkey()
@@ -293,6 +376,11 @@ def test_errors(getkey):
         jfm.label_ot_coupling(jnp.zeros(4, jnp.int32))(x0, x1, key=jr.key(0))
     with raises_arg(TypeError, "labels", "integer"):
         jfm.label_ot_coupling(jnp.zeros(5))
+    for bad in ("sinkhorn", "Auto"):
+        with raises_arg(ValueError, "method", "auction"):
+            jfm.exact_ot_coupling(x0, x1, method=bad)
+        with raises_arg(ValueError, "method", "auction"):
+            jfm.label_ot_coupling(jnp.zeros(5, jnp.int32), method=bad)
     for bad in (0.0, -1.0):
         with raises_arg(ValueError, "epsilon", "> 0"):
             jfm.sinkhorn_coupling(x0, x1, key=jr.key(0), epsilon=bad)

@@ -1,6 +1,7 @@
 """Tests for jfm.distributed on 8 fake CPU devices (XLA_FLAGS in conftest.py)."""
 
 import functools
+import os
 
 import diffrax as dfx
 import equinox as eqx
@@ -161,6 +162,77 @@ def test_sharded_sampling_and_log_prob_equal_single_device():
         sample(field, x0[:12])
 
 
+# -- couplings of a split batch ----------------------------------------------------------------
+
+
+def _per_group(coupling, x0, x1, k, key=None):
+    """The coupling of each group of k consecutive device slices, concatenated."""
+    b = x0.shape[0] // (N_DEV // k)
+    f = jax.jit(lambda a, c, kg: coupling(a, c, key=kg)[0])  # one compilation for all groups
+    out = []
+    for g in range(N_DEV // k):
+        sl = slice(g * b, (g + 1) * b)
+        out.append(f(x0[sl], x1[sl], None if key is None else jr.fold_in(key, g)))
+    return np.concatenate(out)
+
+
+def test_shard_coupling_global_equals_single_device_and_groups_are_local():
+    mesh = jfm.distributed.data_mesh()
+    x0 = jr.normal(jr.key(0), (64, 2), jnp.float64)
+    x1 = 3.0 + jr.normal(jr.key(1), (64, 2), jnp.float64)
+    s0, s1 = jfm.distributed.shard_batch((x0, x1), mesh)
+    # A device-side solver: host callbacks next to collectives can deadlock on fake CPU
+    # devices (see shard_coupling).
+    ot = functools.partial(jfm.exact_ot_coupling, method="hungarian")
+
+    def shuffle(a, b, *, key):  # a random coupling (cheap to compile): the key's role
+        return jr.permutation(key, a), b
+
+    key = jr.key(2)
+
+    def run(coupling, scope):
+        f = jfm.distributed.shard_coupling(coupling, mesh, scope=scope)
+        return jax.jit(lambda a, b, k: f(a, b, key=k))(s0, s1, key)
+
+    # Gather, solve, scatter: bitwise the single-device coupling of the whole batch, with
+    # the same key (random draws included), and split over the devices like the input.
+    for coupling in (ot, shuffle):
+        c0, c1 = run(coupling, "global")
+        np.testing.assert_array_equal(c0, jax.jit(coupling)(x0, x1, key=key)[0])
+        np.testing.assert_array_equal(c1, x1)
+        assert c0.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
+    # Per device, and per group of 4 devices: each group's own coupling, its index folded
+    # into the key of a random one.
+    np.testing.assert_array_equal(run(ot, "device")[0], _per_group(ot, x0, x1, 1))
+    np.testing.assert_array_equal(run(shuffle, 4)[0], _per_group(shuffle, x0, x1, 4, key))
+    # A plain jit of the coupling on the split batch lets XLA gather it whole: global too.
+    np.testing.assert_array_equal(jax.jit(ot)(s0, s1)[0], ot(x0, x1)[0])
+
+
+@pytest.mark.slow
+def test_sharded_ot_cfm_step_with_the_global_plan_equals_single_device():
+    apply, state, _ = mlp_setup()
+    mesh = jfm.distributed.data_mesh()
+    opt = optax.adam(1e-2)
+    ot = functools.partial(jfm.exact_ot_coupling, method="hungarian")  # see shard_coupling
+    global_ot = jfm.distributed.shard_coupling(ot, mesh)
+    single = jfm.make_train_step(
+        apply, opt, functools.partial(jfm.cfm_loss, path=PATH, coupling=ot)
+    )
+    step = jfm.make_train_step(
+        apply, opt, functools.partial(jfm.cfm_loss, path=PATH, coupling=global_ot)
+    )
+    state = jfm.init_train_state(state.params, opt)
+    sharded = jfm.distributed.make_sharded_train_step(step, mesh, state, donate=False)
+    s_state = jax.device_put(state, jfm.distributed.state_sharding(state, mesh))
+    ref = state
+    for i in range(2):
+        batch = batch_fn(jr.key(10 + i))
+        ref, _ = jax.jit(single)(ref, batch, jr.key(i))
+        s_state, _ = sharded(s_state, jfm.distributed.shard_batch(batch, mesh), jr.key(i))
+    leaves_close(s_state, ref)
+
+
 def test_fit_with_sharded_step_restores_shardings(tmp_path):
     _, state, step = mlp_setup()
     mesh = jfm.distributed.data_mesh()
@@ -219,13 +291,61 @@ def test_errors():
         jfm.distributed.initialize("localhost:1", num_processes=2, process_id=2)
     replicated = jfm.distributed.state_sharding({"w": jnp.zeros(3)}, mesh)["w"]
     assert replicated == NamedSharding(mesh, P())
+    ot = jfm.exact_ot_coupling
+    for bad in (3, 0, "host"):
+        with raises_arg(ValueError, "scope"):
+            jfm.distributed.shard_coupling(ot, mesh, scope=bad)
+    with raises_arg(TypeError, "scope"):
+        jfm.distributed.shard_coupling(ot, mesh, scope=2.0)
+    with raises_arg(TypeError, "coupling"):
+        jfm.distributed.shard_coupling("exact_ot", mesh)
+    with raises_arg(ValueError, "x0, x1", "divisible"):
+        jfm.distributed.shard_coupling(ot, mesh)(jnp.zeros((12, 2)), jnp.zeros((12, 2)))
 
 
 def test_the_helpers_live_in_jfm_distributed_only():
     names = (
         "batch_sharding initialize data_mesh make_sharded_train_step replicate shard_batch "
-        "shard_over_batch sharded_batch_fn state_sharding"
+        "shard_coupling shard_over_batch sharded_batch_fn state_sharding"
     ).split()
     assert sorted(jfm.distributed.__all__) == sorted(names)
     for name in names + ["make_mesh"]:
         assert not hasattr(jfm, name), name  # nothing flat in jfm; nothing shadows jax
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
+    """2 processes x 4 fake CPU devices (gloo collectives, a localhost coordinator) run the
+    sharded OT-CFM step with the global plan; the parameters equal one 8-device process's."""
+    import socket
+    import subprocess
+    import sys
+
+    from . import multihost_worker
+
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    worker = str(multihost_worker.__file__)
+    out = str(tmp_path / "params.npz")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, worker, str(i), "2", port, out],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    got = np.load(out)
+    ref = multihost_worker.train(jax, jfm)  # this process: 8 local devices
+    assert len(got.files) == len(ref)
+    for i, r in enumerate(ref):
+        # float64 reductions in another order (gloo vs in-process): round-off only
+        np.testing.assert_allclose(got[f"arr_{i}"], r, rtol=1e-10, atol=1e-12)

@@ -9,11 +9,14 @@ all-gathers them where they are used). :func:`make_sharded_train_step` jits
 :func:`batch_sharding`); :func:`sharded_batch_fn` makes every device (and every host)
 draw only its own slice of each batch, from the same key; :func:`shard_over_batch` runs
 a sampler or likelihood (:func:`jfm.sample_ode`, :func:`jfm.log_prob`) on each device's
-slice of the batch; :func:`shard_batch` and :func:`replicate` place arrays. Multi-host
+slice of the batch; :func:`shard_coupling` couples a split batch per device, per group of
+devices or globally (gather, solve, scatter); :func:`shard_batch` and :func:`replicate`
+place arrays. Multi-host
 runs start with :func:`initialize` (``jax.distributed.initialize``) before any other JAX
 call. This file only re-exports.
 """
 
+from ._coupling import shard_coupling as shard_coupling
 from ._map import shard_over_batch as shard_over_batch, sharded_batch_fn as sharded_batch_fn
 from ._mesh import data_mesh as data_mesh, initialize as initialize
 from ._sharding import (
@@ -31,6 +34,7 @@ __all__ = [
     "make_sharded_train_step",
     "replicate",
     "shard_batch",
+    "shard_coupling",
     "shard_over_batch",
     "sharded_batch_fn",
     "state_sharding",
