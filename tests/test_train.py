@@ -515,7 +515,7 @@ def poisoned(step_fn, at):
 def test_fit_skip_step_discards_exactly_the_bad_updates(steps_per_call):
     kw = dict(key=jr.key(3), progress=False, steps_per_call=steps_per_call)
     step = poisoned(STEP, at=2)  # update 3 is bad
-    with pytest.raises(jfm.NonFiniteError, match="parameters or optimizer state at step 3"):
+    with pytest.raises(jfm.NonFiniteError, match="non-finite parameters at step 3"):
         jfm.fit(step, fresh_state(), batch_fn, steps=6, **kw)
     skipped, h = jfm.fit(step, fresh_state(), batch_fn, steps=3, nan_policy="skip_step", **kw)
     two, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=2, **kw)

@@ -342,7 +342,7 @@ def fit(
 
     Non-finite guard: inside the compiled call, each step checks that the loss, the
     gradient norm (the metrics ``"loss"``/``"grad_norm"`` where ``train_step`` returns
-    them) and every floating leaf of the new state are finite. With
+    them) and every floating leaf of the new parameters are finite. With
     ``nan_policy="raise"`` (default) the run stops at the next fetch, before any
     evaluation or checkpoint of a non-finite state, with :class:`jfm.NonFiniteError`
     naming the first bad step and metric; the checkpoints already written stay (all
@@ -412,7 +412,7 @@ def fit(
 
     Raises:
         NonFiniteError: (a ``FloatingPointError``) a non-finite loss, gradient norm or
-            state under ``nan_policy="raise"``; its ``step``, ``metric`` and
+            parameters under ``nan_policy="raise"``; its ``step``, ``metric`` and
             ``checkpoint_step`` attributes say where, what, and the last good checkpoint.
         TrainingInterrupted: one of ``stop_signals`` arrived; the checkpoint of its
             ``step`` is written.
