@@ -332,8 +332,8 @@ def _resolve_model(cfg: dict, event_shape) -> str:
         if len(event_shape) != 3:
             what = cfg["data"] if cfg.get("data") else repr(cfg["dataset"])
             _exit(
-                f"--model unet needs image data (e.g. --dataset digits, or [N, H, W, C] "
-                f"arrays); {what} has event shape {tuple(event_shape)}."
+                f"--model unet needs image data (an image dataset such as --dataset digits, "
+                f"or [N, H, W, C] arrays); {what} has event shape {tuple(event_shape)}."
             )
         import jfm
 
