@@ -573,6 +573,15 @@ def test_fit_checkpoints_and_stops_on_a_signal_then_resumes_bit_identically(tmp_
     full, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=9, key=jr.key(6), progress=False)
     assert trees_equal(resumed, full)
 
+    def impatient_batch_fn(key):  # Ctrl-C twice: the second one goes to Python's handler
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return batch_fn(key)
+
+    with pytest.raises(KeyboardInterrupt):
+        jfm.fit(STEP, fresh_state(), impatient_batch_fn, steps=12, **sig, **kw)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 
 # -- errors ---------------------------------------------------------------------------------
 

@@ -62,38 +62,37 @@ class SignalCatcher:
 
     def __init__(self, signums: tuple[int, ...]):
         self.signums, self.received, self._previous = signums, None, {}
+        self.multihost = jax.process_count() > 1
 
     def _handle(self, signum, frame):
         if self.received is not None and signum == self.received:
-            previous = self._previous.pop(signum, signal.SIG_DFL)
-            signal.signal(signum, previous)
+            previous = self._previous.pop(signum, None)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
             signal.raise_signal(signum)
             return
         if self.received is None:
             self.received = signum
 
     def __enter__(self):
-        if jax.process_count() > 1:  # JAX's preemption notifier owns SIGTERM there
+        if self.multihost:  # JAX's preemption notifier owns SIGTERM there
             return self
         for s in self.signums:
             self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
+        for s, previous in self._previous.items():  # None: a handler not set from Python
+            signal.signal(s, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
         return False
 
     def stop_requested(self, step: int) -> bool:
         if self.received is not None:
             return True
-        return _multihost_preemption(step)
+        return self.multihost and _multihost_preemption(step)
 
 
 def _multihost_preemption(step: int) -> bool:
-    if jax.process_count() == 1:
-        return False
     from jax.experimental import multihost_utils
 
     try:
