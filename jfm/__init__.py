@@ -100,7 +100,10 @@ from ._couplings import (
 
 # -- training -----------------------------------------------------------------------------
 from ._train import (
+    NonFiniteError as NonFiniteError,
+    TrainingInterrupted as TrainingInterrupted,
     TrainState as TrainState,
+    best_step as best_step,
     fit as fit,
     init_train_state as init_train_state,
     latest_step as latest_step,

@@ -85,3 +85,50 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path):
         argv = ["sample", "--out", str(out), "--n", "16", "--seed", "1", "--solver", "euler"]
         assert main([*argv, "--sample-steps", "8", "--save", str(out / "s.npy")]) == 0
     np.testing.assert_array_equal(np.load(full / "s.npy"), np.load(killed / "s.npy"))
+
+
+def sigterm_cmd(out, steps):
+    return [
+        sys.executable, "-m", "jfm._cli", "train", "--dataset", "moons", "--hidden", "16",
+        "--depth", "2", "--batch", "32", "--steps", str(steps), "--checkpoint-every", "20",
+        "--devices", "1", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_checkpoints_the_current_step_and_resumes_bit_identically(tmp_path):
+    """A preemption notice (SIGTERM) makes ``jfm train`` checkpoint the step it reached,
+    whatever --checkpoint-every says, and exit with 128 + SIGTERM; the same command
+    then resumes, and the run ends bit-identical to an uninterrupted one."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    steps, full, stopped = 600, tmp_path / "full", tmp_path / "stopped"
+    run_full = subprocess.Popen(sigterm_cmd(full, steps), cwd=ROOT, env=env)
+    run = subprocess.Popen(
+        sigterm_cmd(stopped, steps), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not finished_steps(stopped):  # the loop (and its handler) is running
+        assert run.poll() is None, run.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the run made no checkpoint in time"
+        time.sleep(0.01)
+    run.send_signal(signal.SIGTERM)
+    err = run.communicate(timeout=300)[1]
+    assert run.returncode == 128 + signal.SIGTERM, err[-2000:]
+    at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert at < steps, "the run finished before the signal arrived"
+    assert max(finished_steps(stopped)) == at  # saved at the signal's step
+    resumed = subprocess.run(
+        sigterm_cmd(stopped, steps), cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-2000:]
+    assert run_full.wait(timeout=300) == 0
+    cfg = json.loads((full / "config.json").read_text())
+    for a, b in zip(
+        jax.tree.leaves(_restore(full, cfg)[2]), jax.tree.leaves(_restore(stopped, cfg)[2])
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit for bit
+    for out in (full, stopped):
+        argv = ["sample", "--out", str(out), "--n", "16", "--seed", "1", "--solver", "euler"]
+        assert main([*argv, "--sample-steps", "8", "--save", str(out / "s.npy")]) == 0
+    np.testing.assert_array_equal(np.load(full / "s.npy"), np.load(stopped / "s.npy"))

@@ -462,6 +462,127 @@ def test_sharded_state_keeps_shardings(tmp_path):
             assert leaf.sharding.is_equivalent_to(replicated, leaf.ndim)
 
 
+# -- the non-finite guard, the best checkpoint, stopping on a signal -------------------------
+
+
+def diverging_sgd(first_bad_count):
+    """SGD at 0.01, then at a huge rate from update ``first_bad_count`` on (a run that
+    diverges mid-way); both rates share the optimizer state's structure."""
+    return optax.sgd(lambda count: jnp.where(count < first_bad_count, 0.01, 1e300))
+
+
+def all_finite(tree):
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def test_fit_stops_a_diverging_run_and_keeps_finite_checkpoints(tmp_path):
+    d, opt = tmp_path / "ckpt", diverging_sgd(12)
+    like = jfm.init_train_state(make_params(jr.key(0)), opt)
+    kw = dict(key=jr.key(2), checkpoint_dir=d, checkpoint_every=5, keep=2, progress=False)
+    with pytest.raises(jfm.NonFiniteError, match=r"non-finite loss at step 14") as info:
+        jfm.fit(jfm.make_train_step(apply, opt, loss_fn), like, batch_fn, steps=40, **kw)
+    err = info.value
+    # Update 13 (count 12) jumps the weights to ~1e30, so step 14's loss overflows; the
+    # guard fetches the codes before the save at step 15: it is never written.
+    assert isinstance(err, FloatingPointError) and err.metric == "loss"
+    assert (err.step, err.checkpoint_step) == (14, 10) and "step 10" in str(err)
+    assert sorted(os.listdir(d)) == ["10", "5"]
+    for step in (5, 10):
+        assert all_finite(jfm.restore_checkpoint(d, like, step=step))
+    # Resuming from the last good checkpoint with a sane rate trains on to the end.
+    sane = optax.sgd(lambda count: 0.01)
+    state, history = jfm.fit(jfm.make_train_step(apply, sane, loss_fn), like, batch_fn,
+                             steps=40, **kw)  # fmt: skip
+    assert int(state.step) == 40 and history["step"][0] == 11 and all_finite(state)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def poisoned(step_fn, at):
+    """``step_fn`` whose update ``at`` (state.step at -> at + 1) writes NaN parameters."""
+
+    def step(state, batch, key):
+        new, metrics = step_fn(state, batch, key)
+        bad = state.step == at
+        params = jax.tree.map(lambda p: jnp.where(bad, jnp.nan, p), new.params)
+        return new._replace(params=params), metrics
+
+    return step
+
+
+@pytest.mark.parametrize(
+    "steps_per_call", [None, pytest.param(4, marks=pytest.mark.slow)], ids=["per-step", "fused"]
+)
+def test_fit_skip_step_discards_exactly_the_bad_updates(steps_per_call):
+    kw = dict(key=jr.key(3), progress=False, steps_per_call=steps_per_call)
+    step = poisoned(STEP, at=2)  # update 3 is bad
+    with pytest.raises(jfm.NonFiniteError, match="non-finite parameters at step 3"):
+        jfm.fit(step, fresh_state(), batch_fn, steps=6, **kw)
+    skipped, h = jfm.fit(step, fresh_state(), batch_fn, steps=3, nan_policy="skip_step", **kw)
+    two, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=2, **kw)
+    # Step 3's update is dropped: params, Adam moments and EMA are those after step 2.
+    assert h["skipped"] == [3] and int(skipped.step) == 3
+    assert trees_equal(skipped._replace(step=two.step), two)
+    more, h = jfm.fit(step, fresh_state(), batch_fn, steps=6, nan_policy="skip_step", **kw)
+    assert h["skipped"] == [3] and all_finite(more) and int(more.step) == 6
+
+
+def test_fit_keeps_the_best_checkpoint_by_an_eval_metric(tmp_path):
+    d = tmp_path / "ckpt"
+
+    def eval_fn(state):  # best (smallest) at step 4, worst (non-finite) at step 8
+        s = int(state.step)
+        return {"score": float("nan") if s == 8 else abs(s - 4.0), "other": 1.0}
+
+    kw = dict(key=jr.key(1), eval_fn=eval_fn, eval_every=2, checkpoint_dir=d, progress=False)
+    state, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=10, checkpoint_every=2, keep=1,
+                       best_metric="score", **kw)  # fmt: skip
+    assert sorted(os.listdir(d)) == ["10", "4"]  # the latest, and the best
+    assert jfm.best_step(d, "score") == 4 and jfm.latest_step(d) == 10
+    assert jfm.best_step(d, "score", mode="max") == 10 and jfm.best_step(d, "other") == 4
+    assert jfm.best_step(d, "missing") is None and jfm.best_step(tmp_path / "no", "score") is None
+    assert int(jfm.restore_checkpoint(d, fresh_state(), step=4).step) == 4
+    assert trees_equal(jfm.restore_checkpoint(d, fresh_state()), state)
+    with raises_arg(ValueError, "step", "holds steps"):
+        jfm.restore_checkpoint(d, fresh_state(), step=6)
+    with raises_arg(ValueError, "best_metric", "'other'"):
+        jfm.fit(STEP, fresh_state(), batch_fn, steps=12, best_metric="nope", **kw)
+
+
+def test_fit_checkpoints_and_stops_on_a_signal_then_resumes_bit_identically(tmp_path):
+    import signal
+
+    calls = []
+
+    def signalling_batch_fn(key):  # a preemption notice arriving during step 5
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch_fn(key)
+
+    before = signal.getsignal(signal.SIGTERM)
+    d = tmp_path / "ckpt"
+    kw = dict(key=jr.key(6), progress=False, checkpoint_dir=d, checkpoint_every=100)
+    sig = dict(stop_signals=(signal.SIGTERM, signal.SIGINT))
+    with pytest.raises(jfm.TrainingInterrupted, match="SIGTERM at step 5") as info:
+        jfm.fit(STEP, fresh_state(), signalling_batch_fn, steps=9, **sig, **kw)
+    assert info.value.step == 5 and info.value.signum == signal.SIGTERM
+    assert info.value.history["step"] == [1, 2, 3, 4, 5]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+    assert os.listdir(d) == ["5"]  # saved at the signal, not at a multiple of 100
+    resumed, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=9, **sig, **kw)
+    full, _ = jfm.fit(STEP, fresh_state(), batch_fn, steps=9, key=jr.key(6), progress=False)
+    assert trees_equal(resumed, full)
+
+    def impatient_batch_fn(key):  # Ctrl-C twice: the second one goes to Python's handler
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        return batch_fn(key)
+
+    with pytest.raises(KeyboardInterrupt):
+        jfm.fit(STEP, fresh_state(), impatient_batch_fn, steps=12, **sig, **kw)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 
@@ -539,6 +660,24 @@ def test_errors(tmp_path):
         jfm.fit(step, ahead, batch_fn, **kw)
     with raises_arg(TypeError, "like_state"):
         jfm.restore_checkpoint(tmp_path, params)
+    with raises_arg(ValueError, "nan_policy"):
+        jfm.fit(step, state, batch_fn, nan_policy="ignore", **kw)
+    with raises_arg(ValueError, "best_metric", "eval_fn"):
+        jfm.fit(step, state, batch_fn, best_metric="loss", **kw)
+    with raises_arg(TypeError, "best_metric"):
+        jfm.fit(step, state, batch_fn, best_metric=1, eval_fn=dict, checkpoint_dir=tmp_path, **kw)
+    with raises_arg(ValueError, "best_mode"):
+        jfm.fit(step, state, batch_fn, best_mode="lowest", **kw)
+    with raises_arg(ValueError, "stop_signals", "checkpoint_dir"):
+        jfm.fit(step, state, batch_fn, stop_signals=[15], **kw)
+    with raises_arg(ValueError, "stop_signals", "cannot be caught"):
+        jfm.fit(step, state, batch_fn, stop_signals=[9], checkpoint_dir=tmp_path, **kw)
+    with raises_arg(TypeError, "stop_signals"):
+        jfm.fit(step, state, batch_fn, stop_signals=15, checkpoint_dir=tmp_path, **kw)
+    with raises_arg(TypeError, "step"):
+        jfm.restore_checkpoint(tmp_path, state, step=1.0)
+    with raises_arg(ValueError, "mode"):
+        jfm.best_step(tmp_path, "loss", mode="lowest")
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ schedule of calls (:class:`_Plan`: where each call ends, when to log), the compi
 
 import functools
 import os
-from collections.abc import Callable, Mapping
+import signal
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -17,8 +18,9 @@ import numpy as np
 from jaxtyping import PRNGKeyArray
 from tqdm import tqdm
 
-from .._checks import check_bool, check_callable, check_int, check_key
-from . import checkpoint
+from .._checks import check_bool, check_callable, check_int, check_key, check_name
+from . import checkpoint, guard
+from .interrupt import SignalCatcher, TrainingInterrupted, check_signals
 from .state import TrainState, check_train_state
 from .step import STEP_SIGNATURE, check_step_output, scan_train_step, split_step_key
 
@@ -50,19 +52,20 @@ def _flat_output(out, treedef):
     return leaves, metrics
 
 
-def _flat_step(train_step, treedef, leaves, batch, key):
-    """One step (``batch`` computed on the host), as a function of the state's leaves."""
-    return _flat_output(train_step(jax.tree.unflatten(treedef, leaves), batch, key), treedef)
+def _flat_step(train_step, treedef, nan_policy, leaves, batch, key):
+    """One guarded step (``batch`` computed on the host), on the state's leaves."""
+    step = guard.guard_step(train_step, nan_policy)
+    return _flat_output(step(jax.tree.unflatten(treedef, leaves), batch, key), treedef)
 
 
-def _flat_scan(train_step, batch_fn, num_steps, treedef, leaves, key):
-    """``num_steps`` fused steps (:func:`scan_train_step`), on the state's leaves."""
-    multi_step = scan_train_step(train_step, batch_fn, num_steps)
+def _flat_scan(train_step, batch_fn, num_steps, treedef, nan_policy, leaves, key):
+    """``num_steps`` fused guarded steps (:func:`scan_train_step`), on the state's leaves."""
+    multi_step = scan_train_step(guard.guard_step(train_step, nan_policy), batch_fn, num_steps)
     return _flat_output(multi_step(jax.tree.unflatten(treedef, leaves), key), treedef)
 
 
-_jit_step = jax.jit(_flat_step, static_argnums=(0, 1), donate_argnums=2)
-_jit_scan = jax.jit(_flat_scan, static_argnums=(0, 1, 2, 3), donate_argnums=4)
+_jit_step = jax.jit(_flat_step, static_argnums=(0, 1, 2), donate_argnums=3)
+_jit_scan = jax.jit(_flat_scan, static_argnums=(0, 1, 2, 3, 4), donate_argnums=5)
 _step_keys = jax.jit(split_step_key)
 
 #: What tracing a host-side (numpy) batch_fn raises.
@@ -77,7 +80,7 @@ def _hashable(*objs) -> bool:
     return True
 
 
-def _runner(train_step, treedef, batch_fn, key, steps_per_call):
+def _runner(train_step, treedef, batch_fn, key, steps_per_call, nan_policy):
     """``run(leaves, i, n) -> (leaves, metrics)``: steps ``i + 1 .. i + n``, one call.
 
     Without ``steps_per_call``, ``n`` is 1 and ``batch_fn`` runs on the host; with it,
@@ -85,9 +88,10 @@ def _runner(train_step, treedef, batch_fn, key, steps_per_call):
     """
     if steps_per_call is None:
         if _hashable(train_step, treedef):
-            jit_step = functools.partial(_jit_step, train_step, treedef)
+            jit_step = functools.partial(_jit_step, train_step, treedef, nan_policy)
         else:
-            jit_step = jax.jit(functools.partial(_flat_step, train_step, treedef), donate_argnums=0)
+            fn = functools.partial(_flat_step, train_step, treedef, nan_policy)
+            jit_step = jax.jit(fn, donate_argnums=0)
 
         def run(leaves, i, n):
             data_key, step_key = _step_keys(key, np.uint32(i + 1))
@@ -100,15 +104,15 @@ def _runner(train_step, treedef, batch_fn, key, steps_per_call):
     else:
         compiled = {}  # this call's own: one jit per call length (at most three differ)
 
-        def jit_scan(n, treedef, leaves, key):
+        def jit_scan(n, treedef, nan_policy, leaves, key):
             if n not in compiled:
-                fn = functools.partial(_flat_scan, train_step, batch_fn, n, treedef)
+                fn = functools.partial(_flat_scan, train_step, batch_fn, n, treedef, nan_policy)
                 compiled[n] = jax.jit(fn, donate_argnums=0)
             return compiled[n](leaves, key)
 
     def run(leaves, i, n):
         try:
-            return jit_scan(n, treedef, leaves, key)
+            return jit_scan(n, treedef, nan_policy, leaves, key)
         except _NOT_TRACEABLE as e:
             raise TypeError(
                 "`batch_fn` must be a JAX function of its key when `steps_per_call` is given "
@@ -157,25 +161,40 @@ class _Plan(NamedTuple):
 class _MetricsLog:
     """The metrics of the calls made, kept on the device until :meth:`flush`."""
 
-    def __init__(self, history: dict[str, Any], fused: bool):
+    def __init__(self, history: dict[str, Any], fused: bool, nan_policy: str):
         self.history, self.fused, self.pending = history, fused, []
+        self.nan_policy = nan_policy
+        if nan_policy == "skip_step":
+            history["skipped"] = []
 
     def add(self, first_step: int, n: int, metrics):
         self.pending.append((first_step, n, metrics))
 
-    def flush(self) -> float | None:
-        """Fetch the pending metrics (one host sync) into the history; the last loss."""
+    def flush(self) -> tuple[float | None, tuple[int, int] | None]:
+        """Fetch the pending metrics (one host sync) into the history.
+
+        Returns the last loss and the first non-finite step with its guard code (or
+        ``None``).
+        """
         history = self.history
         fetched = jax.device_get([m for _, _, m in self.pending])
+        first_bad = None
         for (first, n, _), metrics in zip(self.pending, fetched):
+            codes = np.broadcast_to(np.asarray(metrics.pop(guard.CODE_KEY, 0)), (n,))
             for j in range(n):
                 history["step"].append(first + j)
                 for name, value in metrics.items():
                     value = np.asarray(value)[j] if self.fused else value
                     if np.ndim(value) == 0 and name not in ("step", "eval"):
                         history.setdefault(name, []).append(float(value))
+                if codes[j]:
+                    if first_bad is None:
+                        first_bad = (first + j, int(codes[j]))
+                    if self.nan_policy == "skip_step":
+                        history["skipped"].append(first + j)
         self.pending.clear()
-        return history["loss"][-1] if history["loss"] else None
+        loss = history["loss"][-1] if history["loss"] else None
+        return loss, first_bad
 
 
 def _evaluate(eval_fn, state, step: int) -> dict[str, Any]:
@@ -208,7 +227,8 @@ def _check_increment(state: TrainState, i: int, n: int):
 
 def _check_fit_args(
     train_step, state, batch_fn, steps, key, eval_fn, eval_every, checkpoint_dir,
-    checkpoint_every, keep, progress, log_every, steps_per_call,
+    checkpoint_every, keep, progress, log_every, steps_per_call, nan_policy, best_metric,
+    best_mode, stop_signals,
 ):  # fmt: skip
     check_callable(train_step, "train_step", STEP_SIGNATURE)
     check_train_state(state)
@@ -233,6 +253,24 @@ def _check_fit_args(
         )
     check_bool(progress, "progress")
     check_int(log_every, "log_every")
+    check_name(nan_policy, "nan_policy", guard.NAN_POLICIES)
+    check_name(best_mode, "best_mode", checkpoint.BEST_MODES)
+    if best_metric is not None:
+        if not isinstance(best_metric, str):
+            raise TypeError(
+                f"`best_metric` must be the name of an eval_fn entry (a str); got {best_metric!r}."
+            )
+        if eval_fn is None or checkpoint_dir is None:
+            raise ValueError(
+                "`best_metric` ranks checkpoints by an evaluation: pass eval_fn=... and "
+                "checkpoint_dir=... too."
+            )
+    signums = check_signals(stop_signals)
+    if signums and checkpoint_dir is None:
+        raise ValueError(
+            "`stop_signals` checkpoints the run when a signal arrives: pass checkpoint_dir=... too."
+        )
+    return signums
 
 
 def _resume(manager, state: TrainState, steps: int, path) -> tuple[TrainState, bool]:
@@ -263,6 +301,10 @@ def fit(
     progress: bool = True,
     log_every: int = 100,
     steps_per_call: int | None = None,
+    nan_policy: str = "raise",
+    best_metric: str | None = None,
+    best_mode: str = "min",
+    stop_signals: Sequence[int] = (),
 ) -> tuple[TrainState, dict[str, Any]]:
     r"""Run ``train_step`` until ``state.step == steps``, with eval and checkpoints.
 
@@ -295,17 +337,40 @@ def fit(
     ``steps_per_call`` and periods is bit-identical to the uninterrupted one.
 
     Losses (and every other scalar metric of ``train_step``) of every step are kept on
-    the device and fetched to the host every ``log_every`` steps (no per-step sync).
+    the device and fetched to the host every ``log_every`` steps and before every
+    evaluation and checkpoint (no per-step sync).
 
-    Checkpoints (orbax ``CheckpointManager``: atomic saves, asynchronous writes, at most
-    ``keep`` kept) are written to ``checkpoint_dir`` at every multiple of
-    ``checkpoint_every`` and at the final step. If ``checkpoint_dir`` already holds a
-    checkpoint, the run RESUMES from the latest one: ``state`` then only gives the
-    structure, shapes, dtypes and shardings (params, opt_state, step and ema_params all
-    come from the checkpoint), and if that checkpoint is already at ``steps`` the
-    function returns at once. A checkpoint that cannot be read raises (it is never
-    skipped or overwritten silently); delete its step directory to resume from the
-    previous one.
+    Non-finite guard: inside the compiled call, each step checks that the loss, the
+    gradient norm (the metrics ``"loss"``/``"grad_norm"`` where ``train_step`` returns
+    them) and every floating leaf of the new parameters are finite. With
+    ``nan_policy="raise"`` (default) the run stops at the next fetch, before any
+    evaluation or checkpoint of a non-finite state, with :class:`jfm.NonFiniteError`
+    naming the first bad step and metric; the checkpoints already written stay (all
+    finite). With ``"skip_step"`` a bad step's update is discarded (params, optimizer
+    state and average are those before it; ``state.step`` still advances) and the step
+    is listed in ``history["skipped"]``.
+
+    Checkpoints (orbax ``CheckpointManager``: atomic saves, asynchronous writes) are
+    written to ``checkpoint_dir`` at every multiple of ``checkpoint_every`` and at the
+    final step; the latest ``keep`` are kept. With ``best_metric`` (an ``eval_fn``
+    entry), a checkpoint saved at an evaluated step stores that evaluation (every
+    entry), and the one with the best ``best_metric`` (``best_mode="min"`` or ``"max"``;
+    non-finite ranks worst) is kept too, however many later ones are saved (find it
+    with :func:`jfm.best_step`).
+    If ``checkpoint_dir`` already holds a checkpoint, the run RESUMES from the latest
+    one: ``state`` then only gives the structure, shapes, dtypes and shardings (params,
+    opt_state, step and ema_params all come from the checkpoint), and if that checkpoint
+    is already at ``steps`` the function returns at once. A checkpoint that cannot be
+    read raises (it is never skipped or overwritten silently); delete its step
+    directory to resume from the previous one.
+
+    Preemption: with ``stop_signals`` (e.g. ``(signal.SIGTERM, signal.SIGINT)``), a
+    signal arriving while ``fit`` runs lets the call in flight finish, then the current
+    step is checkpointed (whatever ``checkpoint_every`` says) and
+    :class:`jfm.TrainingInterrupted` is raised; running ``fit`` again with the same
+    arguments resumes bit-identically. The previous handlers are restored on return; a
+    second identical signal is passed on to them at once. On a multi-host run the
+    hosts stop together at JAX's preemption sync point instead.
 
     Args:
         train_step: ``train_step(state, batch, key) -> (state, metrics)``, e.g. from
@@ -332,23 +397,39 @@ def fit(
             reaches a multiple of it).
         steps_per_call: ``None`` (one jitted ``train_step`` call per step, ``batch_fn`` on
             the host) or the most steps fused into one call, ``batch_fn`` traced into it.
+        nan_policy: ``"raise"`` or ``"skip_step"``, what a non-finite step does.
+        best_metric: the ``eval_fn`` entry that ranks checkpoints (requires ``eval_fn``
+            and ``checkpoint_dir``); ``None`` keeps only the latest ``keep``.
+        best_mode: ``"min"`` (default) or ``"max"``: which ``best_metric`` is best.
+        stop_signals: signal numbers that checkpoint and stop the run (main thread
+            only; requires ``checkpoint_dir``); ``()`` leaves the handlers alone.
 
     Returns:
         ``(state, history)``: the final state and ``history = {"step": [int], "loss":
         [float], "grad_norm": [float] (one entry per scalar metric), "eval": [{"step": i,
-        **eval_fn(state_i)}]}`` covering the steps run by this call (not those before a
-        resume).
+        **eval_fn(state_i)}]}`` (with ``"skipped": [int]`` under ``"skip_step"``)
+        covering the steps run by this call (not those before a resume).
 
     Raises:
+        NonFiniteError: (a ``FloatingPointError``) a non-finite loss, gradient norm or
+            parameters under ``nan_policy="raise"``; its ``step``, ``metric`` and
+            ``checkpoint_step`` attributes say where, what, and the last good checkpoint.
+        TrainingInterrupted: one of ``stop_signals`` arrived; the checkpoint of its
+            ``step`` is written.
         TypeError: ``train_step``/``batch_fn``/``eval_fn`` not callable, ``state`` not a
             ``TrainState``, a bad ``key``, a non-int period, ``progress`` not a bool,
             ``train_step`` or ``eval_fn`` returning the wrong kind of value, a host-side
-            ``batch_fn`` with ``steps_per_call``.
+            ``batch_fn`` with ``steps_per_call``, ``best_metric`` not a str,
+            ``stop_signals`` not a sequence.
         ValueError: ``steps``, ``eval_every``, ``checkpoint_every``, ``keep``,
             ``log_every`` or ``steps_per_call`` not positive; ``eval_every`` without
             ``eval_fn``; ``checkpoint_every`` without ``checkpoint_dir``; ``state.step``
             or the latest checkpoint beyond ``steps``; an unreadable or foreign
-            ``checkpoint_dir``; ``train_step`` not incrementing ``state.step`` by one.
+            ``checkpoint_dir``; ``train_step`` not incrementing ``state.step`` by one;
+            an unknown ``nan_policy`` or ``best_mode``; ``best_metric`` without
+            ``eval_fn``/``checkpoint_dir`` or missing from ``eval_fn``'s output;
+            ``stop_signals`` that are not catchable signals, without ``checkpoint_dir``,
+            or outside the main thread.
 
     Examples:
         >>> import jax, jax.numpy as jnp, optax, jfm
@@ -363,18 +444,28 @@ def fit(
         ...                          key=jax.random.key(0), progress=False)
         >>> int(state.step), len(history["loss"]), round(float(state.params["w"][0]), 4)
         (50, 50, 1.0)
+        >>> diverging = jfm.make_train_step(apply, optax.sgd(1e30), loss_fn)
+        >>> state = jfm.init_train_state({"w": jnp.zeros(2)}, opt)
+        >>> try:
+        ...     jfm.fit(diverging, state, batch_fn, steps=50, key=jax.random.key(0),
+        ...             progress=False)
+        ... except jfm.NonFiniteError as e:
+        ...     print(e.step, e.metric)
+        2 loss
     """
-    _check_fit_args(
+    signums = _check_fit_args(
         train_step, state, batch_fn, steps, key, eval_fn, eval_every, checkpoint_dir,
-        checkpoint_every, keep, progress, log_every, steps_per_call,
+        checkpoint_every, keep, progress, log_every, steps_per_call, nan_policy, best_metric,
+        best_mode, stop_signals,
     )  # fmt: skip
     history: dict[str, Any] = {"step": [], "loss": [], "eval": []}
     manager = None
     try:
         restored = False
         if checkpoint_dir is not None:
+            best = None if best_metric is None else (best_metric, best_mode)
             manager, path = checkpoint.open_manager(
-                checkpoint_dir, keep=keep, every=checkpoint_every
+                checkpoint_dir, keep=keep, every=checkpoint_every, best=best
             )
             state, restored = _resume(manager, state, steps, path)
         start = int(state.step)
@@ -396,17 +487,18 @@ def fit(
             checkpoint_every if manager is not None else None,
             log_every,
         )
-        leaves = _loop(
-            _runner(train_step, treedef, batch_fn, key, steps_per_call),
-            leaves,
+        loop = _Loop(
+            _runner(train_step, treedef, batch_fn, key, steps_per_call, nan_policy),
             treedef,
-            start,
             plan,
-            _MetricsLog(history, fused=steps_per_call is not None),
+            _MetricsLog(history, fused=steps_per_call is not None, nan_policy=nan_policy),
             eval_fn,
             manager,
-            progress,
+            best_metric,
+            last_saved=start if restored else None,
         )
+        with SignalCatcher(signums) as catcher:
+            leaves = loop.run(leaves, start, progress, catcher if signums else None)
         if manager is not None:
             manager.wait_until_finished()
     finally:
@@ -415,27 +507,88 @@ def fit(
     return jax.tree.unflatten(treedef, leaves), history
 
 
-def _loop(run, leaves, treedef, start, plan: _Plan, log: _MetricsLog, eval_fn, manager, progress):
-    """Steps ``start + 1 .. plan.steps``: calls, logging, evaluations and saves."""
-    unflatten = functools.partial(jax.tree.unflatten, treedef)
-    i = start
-    with tqdm(total=plan.steps, initial=start, disable=not progress, unit="step") as bar:
-        while i < plan.steps:
-            n = plan.call_length(i)
-            leaves, metrics = run(leaves, i, n)
-            if i == start:
-                _check_increment(unflatten(leaves), i, n)
-            log.add(i + 1, n, metrics)
-            logs = plan.logs_after(i, n)
-            i += n
-            bar.update(n)
-            final = i == plan.steps
-            if logs or final:
-                loss = log.flush()
-                if loss is not None:
-                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-            if eval_fn is not None and plan.evaluates_at(i):
-                log.history["eval"].append(_evaluate(eval_fn, unflatten(leaves), i))
-            if manager is not None and (final or manager.should_save(i)):
-                checkpoint.save(manager, i, unflatten(leaves), force=final)
-    return leaves
+class _Loop:
+    """Steps ``start + 1 .. plan.steps``: calls, logging, the guard, evaluations, saves."""
+
+    def __init__(self, run, treedef, plan, log, eval_fn, manager, best_metric, last_saved):
+        self.run_call, self.treedef, self.plan, self.log = run, treedef, plan, log
+        self.eval_fn, self.manager, self.best_metric = eval_fn, manager, best_metric
+        self.last_saved = last_saved
+
+    def _flush(self, bar):
+        loss, first_bad = self.log.flush()
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if first_bad is not None and self.log.nan_policy == "raise":
+            step, code = first_bad
+            metric = guard.describe(code)
+            where = (
+                "no checkpoint was written"
+                if self.last_saved is None
+                else f"the last checkpoint, of step {self.last_saved}, is finite and kept"
+            )
+            raise guard.NonFiniteError(
+                f"fit: non-finite {metric} at step {step} (the run diverged; e.g. a "
+                f"learning rate too high); stopped before saving it: {where}. Lower the "
+                "learning rate, clip the gradients, or pass nan_policy='skip_step'.",
+                step=step,
+                metric=metric,
+                checkpoint_step=self.last_saved,
+            )
+
+    def _save(self, i: int, leaves, force: bool, metrics=None):
+        state = jax.tree.unflatten(self.treedef, leaves)
+        checkpoint.save(self.manager, i, state, force=force, metrics=metrics)
+        self.last_saved = i
+
+    def _best_record(self, record):
+        if self.best_metric is None or record is None:
+            return None
+        if self.best_metric not in record:
+            names = sorted(k for k in record if k != "step")
+            raise ValueError(
+                f"`best_metric` {self.best_metric!r} is not an entry of eval_fn's output; "
+                f"it returned {names}."
+            )
+        return {k: v for k, v in record.items() if k != "step"}
+
+    def run(self, leaves, start: int, progress: bool, catcher):
+        plan, log, manager = self.plan, self.log, self.manager
+        i = start
+        with tqdm(total=plan.steps, initial=start, disable=not progress, unit="step") as bar:
+            while i < plan.steps:
+                n = plan.call_length(i)
+                leaves, metrics = self.run_call(leaves, i, n)
+                if i == start:
+                    _check_increment(jax.tree.unflatten(self.treedef, leaves), i, n)
+                log.add(i + 1, n, metrics)
+                logs = plan.logs_after(i, n)
+                i += n
+                bar.update(n)
+                final = i == plan.steps
+                evaluates = self.eval_fn is not None and plan.evaluates_at(i)
+                saves = manager is not None and (final or manager.should_save(i))
+                stops = catcher is not None and catcher.stop_requested(i)
+                if logs or final or evaluates or saves or stops:
+                    self._flush(bar)  # the guard: nothing non-finite is evaluated or saved
+                record = None
+                if evaluates:
+                    record = _evaluate(self.eval_fn, jax.tree.unflatten(self.treedef, leaves), i)
+                    log.history["eval"].append(record)
+                if saves or stops:
+                    self._save(i, leaves, force=final or stops, metrics=self._best_record(record))
+                if stops and not final:
+                    manager.wait_until_finished()
+                    name = (
+                        "a preemption sync point"
+                        if catcher.received is None
+                        else signal.Signals(catcher.received).name
+                    )
+                    raise TrainingInterrupted(
+                        f"fit: stopped by {name} at step {i}; its checkpoint is saved. Run "
+                        "fit again with the same arguments to resume.",
+                        step=i,
+                        signum=catcher.received,
+                        history=log.history,
+                    )
+        return leaves

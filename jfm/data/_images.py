@@ -144,9 +144,10 @@ def load_image_npz(
         ``(images, labels)``, labels ``[N]`` ``int32``.
 
     Raises:
-        FileNotFoundError/ValueError/TypeError: as :func:`load_npz`; also images not
-        ``uint8`` or of another rank, ``C`` not 1 or 3, labels not integers or of another
-        length.
+        FileNotFoundError: as :func:`load_npz`.
+        ValueError: as :func:`load_npz`; also images of another rank, ``C`` not 1 or 3,
+            labels not integers or of another length.
+        TypeError: as :func:`load_npz`; also images not ``uint8``.
     """
     x = load_npz(path, name)
     if x.dtype != np.uint8:
