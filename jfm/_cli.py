@@ -29,6 +29,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 SOLVERS = ("euler", "heun", "midpoint", "ralston", "bosh3", "tsit5", "dopri5", "dopri8")
+#: jfm's few-NFE solvers for affine paths (fixed steps: --steps N, on the --grid).
+FEW_NFE = (
+    "ddim",
+    "dpmpp-2m",
+    "dpmpp-3m",
+    "dpmpp-2s",
+    "unipc",
+    "unipc-3",
+    "unipc-bh1",
+    "deis-2",
+    "deis-3",
+    "edm",
+)
+GRID_KINDS = ("uniform", "edm", "logsnr", "shift", "cosine")
 PATHS = ("condot", "cosine", "polynomial", "vp", "ve")
 COUPLINGS = ("independent", "exact-ot", "sinkhorn")
 LOSSES = ("cfm", "dsm")
@@ -524,8 +538,43 @@ def _restore(out: Path, cfg: dict, which: str = "latest"):
     return apply, (state.ema_params if ema else state.params), state
 
 
+def _few_nfe_solver(name: str, path, churn: float, steps: int):
+    import jfm
+
+    if not isinstance(path, jfm.AffinePath):
+        raise SystemExit(f"jfm: --solver {name} needs an affine path (the run's path is not).")
+    table = {
+        "ddim": lambda: jfm.DPMSolverPP(path, 1),
+        "dpmpp-2m": lambda: jfm.DPMSolverPP(path, 2),
+        "dpmpp-3m": lambda: jfm.DPMSolverPP(path, 3),
+        "dpmpp-2s": lambda: jfm.DPMSolverPP2S(path),
+        "unipc": lambda: jfm.UniPC(path, 2),
+        "unipc-3": lambda: jfm.UniPC(path, 3),
+        "unipc-bh1": lambda: jfm.UniPC(path, 2, variant="bh1"),
+        "deis-2": lambda: jfm.DEIS(path, 2),
+        "deis-3": lambda: jfm.DEIS(path, 3),
+        # EDM's S_churn over N steps: gamma = min(S_churn / N, sqrt(2) - 1) per step.
+        "edm": lambda: jfm.EDM(path, gamma=min(churn / steps, 2**0.5 - 1)),
+    }
+    return table[name]()
+
+
 def _sample(
-    apply, params, cfg, n: int, seed: int, solver: str, rtol, atol, steps, saveat=None, mesh=None
+    apply,
+    params,
+    cfg,
+    n: int,
+    seed: int,
+    solver: str,
+    rtol,
+    atol,
+    steps,
+    saveat=None,
+    mesh=None,
+    grid: str = "uniform",
+    shift: float = 3.0,
+    rho: float = 7.0,
+    churn: float = 0.0,
 ):
     import jax.numpy as jnp
     import jax.random as jr
@@ -539,6 +588,17 @@ def _sample(
     if mesh is not None:  # split the batch over the devices
         field, x0 = jfm.distributed.replicate(field, mesh), jfm.distributed.shard_batch(x0, mesh)
     t0, t1 = _time_window(cfg)
+    if solver in FEW_NFE or grid != "uniform":
+        if not steps:
+            raise SystemExit(
+                f"jfm: --solver {solver} / --grid {grid} take fixed steps: pass --steps N"
+            )
+        ts = jfm.time_grid(grid, steps, path=path, t0=t0, t1=t1, shift=shift, rho=rho)
+        if solver in FEW_NFE:
+            sv = _few_nfe_solver(solver, path, churn, steps)
+            key = jr.key(seed + 1) if sv.stochastic else None
+            return jfm.sample_ode(field, x0, solver=sv, ts=ts, saveat=saveat, key=key)
+        return jfm.sample_ode(field, x0, solver=_solver(solver), ts=ts, saveat=saveat)
     kw = dict(steps=steps) if steps else dict(rtol=rtol, atol=atol)
     return jfm.sample_ode(field, x0, solver=_solver(solver), t0=t0, t1=t1, saveat=saveat, **kw)
 
@@ -742,7 +802,20 @@ def cmd_sample(a) -> int:
     apply, params, state = _restore(out, cfg, a.checkpoint)
     mesh = _mesh(a.devices, a.n)
     res = _sample(
-        apply, params, cfg, a.n, a.seed, a.solver, a.rtol, a.atol, a.sample_steps, mesh=mesh
+        apply,
+        params,
+        cfg,
+        a.n,
+        a.seed,
+        a.solver,
+        a.rtol,
+        a.atol,
+        a.sample_steps,
+        mesh=mesh,
+        grid=a.grid,
+        shift=a.shift,
+        rho=a.rho,
+        churn=a.churn,
     )
     x = np.asarray(res.x1)
     save = Path(a.save)
@@ -1170,11 +1243,30 @@ def _add_sample_parser(sub):
     s.add_argument("--n", type=int, required=True, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="PRNG seed for the source noise")
     s.add_argument("--save", required=True, help="output .npy file (a .png is written beside)")
-    s.add_argument("--solver", choices=SOLVERS, default="dopri5", help="diffrax solver")
+    s.add_argument(
+        "--solver",
+        choices=SOLVERS + FEW_NFE,
+        default="dopri5",
+        help="a diffrax solver, or one of jfm's few-NFE solvers (fixed steps, e.g. "
+        "--solver dpmpp-2m --steps 10 --grid edm)",
+    )
     s.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (adaptive)")
     s.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (adaptive)")
     s.add_argument(
-        "--sample-steps", type=int, default=None, help="fixed steps instead of adaptive stepping"
+        "--sample-steps",
+        "--steps",
+        dest="sample_steps",
+        type=int,
+        default=None,
+        help="fixed steps instead of adaptive stepping",
+    )
+    s.add_argument(
+        "--grid", choices=GRID_KINDS, default="uniform", help="time grid of the fixed steps"
+    )
+    s.add_argument("--shift", type=float, default=3.0, help="--grid shift: the time shift")
+    s.add_argument("--rho", type=float, default=7.0, help="--grid edm: EDM's exponent")
+    s.add_argument(
+        "--churn", type=float, default=0.0, help="--solver edm: EDM's S_churn (stochastic)"
     )
     s.add_argument(
         "--devices",
@@ -1293,8 +1385,11 @@ def _check_args(parser, a):
         v = getattr(a, name, None)
         if v is not None and v <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive; got {v}")
-    if getattr(a, "command", None) == "sample" and a.solver == "euler" and not a.sample_steps:
-        parser.error("--solver euler has no error estimate: pass --sample-steps N")
+    if getattr(a, "command", None) == "sample" and not a.sample_steps:
+        if a.solver == "euler":
+            parser.error("--solver euler has no error estimate: pass --steps N")
+        if a.solver in FEW_NFE or a.grid != "uniform":
+            parser.error(f"--solver {a.solver} --grid {a.grid} takes fixed steps: pass --steps N")
     if getattr(a, "command", None) == "bench" and any(n <= 0 for n in a.steps):
         parser.error(f"--steps must be positive; got {a.steps}")
 

@@ -255,3 +255,30 @@ def test_train_exits_nonzero_when_training_diverges(tmp_path):
     with pytest.raises(SystemExit, match="training diverged: non-finite grad_norm at step 2"):
         main([*argv, "--checkpoint-every", "5"])
     assert not os.listdir(tmp_path / "checkpoints")  # nothing non-finite was saved
+
+
+@pytest.mark.slow
+def test_sample_with_few_nfe_solvers_and_grids(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, 20) == 0
+    base = ["sample", "--out", str(out), "--n", "40", "--seed", "3"]
+    runs = {}
+    for name, extra in [
+        ("dpmpp", ["--solver", "dpmpp-2m", "--steps", "6", "--grid", "edm"]),
+        ("edm", ["--solver", "edm", "--steps", "5", "--grid", "logsnr"]),
+        ("churn", ["--solver", "edm", "--steps", "5", "--grid", "logsnr", "--churn", "2"]),
+        ("euler", ["--solver", "euler", "--steps", "6", "--grid", "shift"]),
+    ]:
+        save = tmp_path / f"{name}.npy"
+        capsys.readouterr()
+        assert main([*base, "--save", str(save), *extra]) == 0
+        assert "NFE" in capsys.readouterr().out
+        runs[name] = np.load(save)
+        assert runs[name].shape == (40, 2) and np.all(np.isfinite(runs[name]))
+    # A few-NFE solve of the same model lands near the adaptive solve; churn changes it.
+    ref = tmp_path / "ref.npy"
+    assert _sample(out, ref, seed=3, n=40) == 0
+    assert np.sqrt(np.mean((runs["dpmpp"] - np.load(ref)) ** 2)) < 0.5
+    assert np.max(np.abs(runs["churn"] - runs["edm"])) > 1e-3
+    with pytest.raises(SystemExit):
+        main([*base, "--save", str(tmp_path / "x.npy"), "--solver", "unipc"])
