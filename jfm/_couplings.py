@@ -152,7 +152,7 @@ def exact_ot_coupling(
     - ``"auction"``: Bertsekas' auction with epsilon scaling, warm-started from the same
       potentials, all in ``lax`` on the device (no host round trip). Within ``B * eps``
       of the optimal total cost, ``eps = 16 * finfo(dtype).eps * max_ij C_ij`` (in float32
-      about ``2e-6 * B * max C``; exact in practice in float64). Rounds of ``O(B^2)``
+      a gap of about ``2e-6 * B * max C``; exact in practice in float64). Rounds of ``O(B^2)``
       parallel work: for accelerators; slow on a CPU.
     - ``"hungarian"``: exact, :func:`optax.assignment.hungarian_algorithm`, ``O(B^3)``
       sequential steps in ``lax``.

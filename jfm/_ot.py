@@ -20,8 +20,9 @@ The assignment ``min_perm sum_i C[i, perm[i]]`` is solved by one of three method
   potentials, entirely in ``lax`` (on the device, vmappable). Each round costs ``O(n^2)``
   elementwise work and one scatter; rounds are sequential. An assignment satisfying
   ``eps``-complementary slackness costs at most ``n * eps`` more than the optimum; the
-  final ``eps`` is ``AUCTION_EPS * max|C|`` (``AUCTION_EPS = 16 * finfo(dtype).eps``: the
-  gap is at the resolution of the prices).
+  final ``eps`` is ``AUCTION_EPS_ULPS * finfo(dtype).eps * max|C|`` (16 ulps of the largest
+  cost; raised to 4 ulps of the largest price if the prices outgrow the costs, so that
+  every bid still raises a price): the gap is at the resolution of the prices.
 - ``"hungarian"`` (exact): :func:`optax.assignment.hungarian_algorithm`, ``O(n^3)`` in
   ``lax`` loops (sequential).
 """
