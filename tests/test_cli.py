@@ -68,10 +68,24 @@ def test_train_sample_deterministic_and_resume_identical(tmp_path):
     assert os.path.exists(tmp_path / "a1.png")
 
 
-def test_train_refuses_other_config_in_same_dir(tmp_path):
-    _train(tmp_path, 10)
-    with pytest.raises(SystemExit, match="another configuration"):
-        _train(tmp_path, 20, "--lr", "0.01")
+def test_train_refuses_other_config_in_same_dir_and_resumes_with_the_saved_flags(tmp_path):
+    from jfm._cli import _train_config, make_parser
+
+    def config(*argv):
+        return _train_config(make_parser().parse_args(["train", *argv, "--out", str(tmp_path)]),
+                             tmp_path)  # fmt: skip
+
+    cfg, resuming = config("--steps", "10", "--lr-schedule", "cosine", *TINY)
+    assert not resuming and cfg["hidden"] == 16 and cfg["pred"] == "velocity"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))  # as jfm train writes it
+    with pytest.raises(SystemExit, match=r"another configuration: --lr 0.01 \(saved: 0.001\)"):
+        _train(tmp_path, 10, "--lr", "0.01")
+    with pytest.raises(SystemExit, match=r"--steps 20 \(saved: 10\)"):  # a cosine over --steps
+        config("--steps", "20")
+    # Flags left out take the saved values; --keep and --nan-policy may change.
+    cfg, resuming = config("--keep", "1", "--nan-policy", "skip_step", "--hidden", "16")
+    assert resuming and cfg["hidden"] == 16 and cfg["lr_schedule"] == "cosine"
+    assert (cfg["keep"], cfg["nan_policy"], cfg["steps"]) == (1, "skip_step", 10)
 
 
 @pytest.mark.slow

@@ -478,21 +478,29 @@ def all_finite(tree):
 def test_fit_stops_a_diverging_run_and_keeps_finite_checkpoints(tmp_path):
     d, opt = tmp_path / "ckpt", diverging_sgd(12)
     like = jfm.init_train_state(make_params(jr.key(0)), opt)
-    kw = dict(key=jr.key(2), checkpoint_dir=d, checkpoint_every=5, keep=2, progress=False)
+    held_out = batch_fn(jr.key(99))
+
+    def eval_fn(state):  # the loss on fixed held-out data; its best checkpoint is kept
+        return {"eval": jnp.mean(loss_fn(apply, state.params, held_out, key=jr.key(0)))}
+
+    kw = dict(key=jr.key(2), checkpoint_dir=d, checkpoint_every=5, keep=1, progress=False,
+              eval_fn=eval_fn, eval_every=5, best_metric="eval")  # fmt: skip
     with pytest.raises(jfm.NonFiniteError, match=r"non-finite loss at step 14") as info:
         jfm.fit(jfm.make_train_step(apply, opt, loss_fn), like, batch_fn, steps=40, **kw)
     err = info.value
-    # Update 13 (count 12) jumps the weights to ~1e30, so step 14's loss overflows; the
-    # guard fetches the codes before the save at step 15: it is never written.
+    # Update 13 (count 12) jumps the weights to ~1e300, so step 14's loss overflows; the
+    # guard fetches the codes before the evaluation and save at step 15: neither happens.
     assert isinstance(err, FloatingPointError) and err.metric == "loss"
     assert (err.step, err.checkpoint_step) == (14, 10) and "step 10" in str(err)
-    assert sorted(os.listdir(d)) == ["10", "5"]
-    for step in (5, 10):
+    best = jfm.best_step(d, "eval")
+    assert sorted(int(p) for p in os.listdir(d)) == sorted({best, 10}) and best in (5, 10)
+    for step in {best, 10}:
         assert all_finite(jfm.restore_checkpoint(d, like, step=step))
     # Resuming from the last good checkpoint with a sane rate trains on to the end.
     sane = optax.sgd(lambda count: 0.01)
     state, history = jfm.fit(jfm.make_train_step(apply, sane, loss_fn), like, batch_fn,
                              steps=40, **kw)  # fmt: skip
+    assert all(np.isfinite(e["eval"]) for e in history["eval"])
     assert int(state.step) == 40 and history["step"][0] == 11 and all_finite(state)
     assert history["loss"][-1] < history["loss"][0]
 
