@@ -98,7 +98,7 @@ def _problems(key):
     return x0, x1
 
 
-@pytest.mark.parametrize("method", ["scipy", "auction", "hungarian"])
+@pytest.mark.parametrize("method", ["scipy", "auction"])  # hungarian: auto at n <= 32 here
 def test_exact_ot_methods_optimal_on_random_and_tied_costs(method, getkey):
     xs0, xs1 = _problems(getkey())
     # vmap over the three problems (one compilation), each against scipy.

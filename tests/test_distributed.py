@@ -176,14 +176,32 @@ def _per_group(coupling, x0, x1, k, key=None):
     return np.concatenate(out)
 
 
-def test_shard_coupling_global_equals_single_device_and_groups_are_local():
-    mesh = jfm.distributed.data_mesh()
+def _split_problem(mesh):
     x0 = jr.normal(jr.key(0), (64, 2), jnp.float64)
     x1 = 3.0 + jr.normal(jr.key(1), (64, 2), jnp.float64)
-    s0, s1 = jfm.distributed.shard_batch((x0, x1), mesh)
-    # A device-side solver: host callbacks next to collectives can deadlock on fake CPU
-    # devices (see shard_coupling).
-    ot = functools.partial(jfm.exact_ot_coupling, method="hungarian")
+    return x0, x1, *jfm.distributed.shard_batch((x0, x1), mesh)
+
+
+# A device-side solver: host callbacks next to collectives can deadlock on fake CPU devices
+# (see shard_coupling).
+OT_DEVICE = functools.partial(jfm.exact_ot_coupling, method="hungarian")
+
+
+def test_shard_coupling_global_equals_single_device():
+    mesh = jfm.distributed.data_mesh()
+    x0, x1, s0, s1 = _split_problem(mesh)
+    # Gather, solve, scatter: bitwise the single-device coupling of the whole batch, split
+    # over the devices like the input.
+    c0, c1 = jax.jit(jfm.distributed.shard_coupling(OT_DEVICE, mesh, scope="global"))(s0, s1)
+    np.testing.assert_array_equal(c0, jax.jit(OT_DEVICE)(x0, x1)[0])
+    np.testing.assert_array_equal(c1, x1)
+    assert c0.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
+
+
+@pytest.mark.slow
+def test_shard_coupling_per_device_per_group_and_keys():
+    mesh = jfm.distributed.data_mesh()
+    x0, x1, s0, s1 = _split_problem(mesh)
 
     def shuffle(a, b, *, key):  # a random coupling (cheap to compile): the key's role
         return jr.permutation(key, a), b
@@ -194,19 +212,14 @@ def test_shard_coupling_global_equals_single_device_and_groups_are_local():
         f = jfm.distributed.shard_coupling(coupling, mesh, scope=scope)
         return jax.jit(lambda a, b, k: f(a, b, key=k))(s0, s1, key)
 
-    # Gather, solve, scatter: bitwise the single-device coupling of the whole batch, with
-    # the same key (random draws included), and split over the devices like the input.
-    for coupling in (ot, shuffle):
-        c0, c1 = run(coupling, "global")
-        np.testing.assert_array_equal(c0, jax.jit(coupling)(x0, x1, key=key)[0])
-        np.testing.assert_array_equal(c1, x1)
-        assert c0.sharding.is_equivalent_to(jfm.distributed.batch_sharding(mesh), 2)
+    # Global with a key: the single-device draw with the same key.
+    np.testing.assert_array_equal(run(shuffle, "global")[0], shuffle(x0, x1, key=key)[0])
     # Per device, and per group of 4 devices: each group's own coupling, its index folded
     # into the key of a random one.
-    np.testing.assert_array_equal(run(ot, "device")[0], _per_group(ot, x0, x1, 1))
+    np.testing.assert_array_equal(run(OT_DEVICE, "device")[0], _per_group(OT_DEVICE, x0, x1, 1))
     np.testing.assert_array_equal(run(shuffle, 4)[0], _per_group(shuffle, x0, x1, 4, key))
     # A plain jit of the coupling on the split batch lets XLA gather it whole: global too.
-    np.testing.assert_array_equal(jax.jit(ot)(s0, s1)[0], ot(x0, x1)[0])
+    np.testing.assert_array_equal(jax.jit(OT_DEVICE)(s0, s1)[0], OT_DEVICE(x0, x1)[0])
 
 
 @pytest.mark.slow
@@ -214,7 +227,7 @@ def test_sharded_ot_cfm_step_with_the_global_plan_equals_single_device():
     apply, state, _ = mlp_setup()
     mesh = jfm.distributed.data_mesh()
     opt = optax.adam(1e-2)
-    ot = functools.partial(jfm.exact_ot_coupling, method="hungarian")  # see shard_coupling
+    ot = OT_DEVICE
     global_ot = jfm.distributed.shard_coupling(ot, mesh)
     single = jfm.make_train_step(
         apply, opt, functools.partial(jfm.cfm_loss, path=PATH, coupling=ot)
