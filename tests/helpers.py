@@ -49,10 +49,11 @@ def raises_arg(exc, name: str, msg: str = ""):
     """``pytest.raises(exc)`` for a bad argument ``name``, checking the exact type.
 
     The exception must be exactly ``exc`` with a message naming `name` (and matching
-    ``msg``). One allowance: under the suite's jaxtyping+beartype hook an annotation
-    violation fires as jaxtyping's ``TypeCheckError`` (a ``TypeError`` subclass, what a
-    user of the annotated function sees) naming ``parameter 'name'``; it passes only where
-    a ``TypeError`` is expected.
+    ``msg``): jfm's own checks, which users meet (the suite runs without a type-check
+    hook). One allowance, for runs with jaxtyping's import hook (``--jaxtyping-packages``):
+    an annotation violation fires as jaxtyping's ``TypeCheckError`` (a ``TypeError``
+    subclass) naming ``parameter 'name'``; it passes only where a ``TypeError`` is
+    expected.
     """
     import pytest
     from jaxtyping import TypeCheckError

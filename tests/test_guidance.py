@@ -220,10 +220,11 @@ def test_errors():
     for bad in ((0.5, 0.2), (-0.1, 0.5)):
         with raises_arg(ValueError, "interval"):
             jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=bad)
-    for bad in ((0.2,), 0.5):  # not a pair: the annotation's check (jaxtyping hook)
-        with raises_arg(TypeError, "interval"):
-            jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=bad)
-    with raises_arg(TypeError, "jump_ts"):  # the annotation's rank check (jaxtyping hook)
+    with raises_arg(ValueError, "interval", "pair"):
+        jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=(0.2,))
+    with raises_arg(TypeError, "interval", "pair"):
+        jfm.classifier_free_guidance(field, 2.0, null_label=3, interval=0.5)
+    with raises_arg(ValueError, "jump_ts", "dimensions"):
         jfm.sample_ode(
             g,
             jnp.zeros((2, 2)),

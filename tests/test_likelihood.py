@@ -252,7 +252,7 @@ def test_bad_input(getkey):
         jfm.log_prob(field, x, path=CONDOT, batch="loop", **kw)
     with raises_arg(TypeError, "x", "floating"):
         jfm.log_prob(field, x.astype(jnp.int32), path=CONDOT, **kw)
-    with raises_arg(TypeError, "x"):  # the annotation's rank check (jaxtyping hook)
+    with raises_arg(ValueError, "x", "batch axis"):
         jfm.log_prob(field, jnp.zeros(()), path=CONDOT, **kw)
     with raises_arg(ValueError, "t0", "below `t1`"):
         jfm.log_prob(field, x, path=CONDOT, t0=1.0, t1=0.0, **kw)

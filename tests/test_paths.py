@@ -177,9 +177,7 @@ def test_path_argument_errors(getkey):
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="`t` must lie in"):
         path.sample(1.5, x, x)
-    # `t` is annotated as a scalar: under the suite's type-check hook the annotation fires
-    # (a TypeError naming `t`) before jfm's own ValueError ("must be a scalar").
-    with raises_arg(TypeError, "t"):
+    with raises_arg(ValueError, "t", "scalar"):
         path.sample(jnp.ones(3), x, x)
     with raises_arg(TypeError, "t"):
         path.sample("0.5", x, x)

@@ -392,7 +392,7 @@ def test_bad_input_names_the_argument():
         jfm.sample_sde(lambda t, x, a: x[:1], s, x0, diffusion=0.5, **kw)
     with raises_arg(ValueError, "score", "shape"):
         jfm.sample_sde(u, lambda t, x, a: jnp.zeros(3), x0, diffusion=0.5, **kw)
-    with raises_arg(TypeError, "x0"):  # the annotation's rank check (jaxtyping hook)
+    with raises_arg(ValueError, "x0", "batch axis"):
         jfm.sample_sde(u, s, jnp.zeros(()), diffusion=0.5, **kw)
     with raises_arg(ValueError, "solver", "error estimate"):
         jfm.sample_sde(u, s, x0, diffusion=0.5, key=jr.key(0), solver=dfx.Euler(),

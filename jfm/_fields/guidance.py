@@ -139,7 +139,9 @@ def classifier_free_guidance(
             f"{null_label.shape}."
         )
     if interval is not None:
-        if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        if not isinstance(interval, (tuple, list)):
+            raise TypeError(f"`interval` must be a pair (t_lo, t_hi) or None; got {interval!r}.")
+        if len(interval) != 2:
             raise ValueError(f"`interval` must be a pair (t_lo, t_hi) or None; got {interval!r}.")
         lo, hi = (check_scalar(v, "interval") for v in interval)
         if is_concrete((lo, hi)) and not (0 <= float(lo) < float(hi) <= 1):
