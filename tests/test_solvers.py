@@ -125,15 +125,6 @@ def _order(solver, field, x0, path, ta, tb, ns, start=None):
 ORDERS = {"dpmpp-2m": 2, "unipc-2": 3, "deis-2": 2, "edm": 2, "dpmpp-2s": 2}
 
 
-@pytest.mark.parametrize("name", [pytest.param("dpmpp-2m", marks=pytest.mark.slow), "unipc-2"])
-def test_convergence_order_fast(gmm, name):
-    path = VP
-    field = gmm.velocity_field(path)
-    x0 = jr.normal(jr.key(2), (8, 2))
-    slope = _order(solvers(path)[name], field, x0, path, 0.3, 0.9, [16, 32])
-    assert abs(slope - ORDERS[name]) < 0.25, (name, slope)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [VP, CONDOT], ids=["vp", "condot"])
 def test_convergence_order(gmm, path):
