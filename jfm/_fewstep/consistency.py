@@ -19,6 +19,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from .._checks import check_callable, check_int, check_name, check_positive, is_concrete
@@ -140,7 +141,8 @@ def _grid(steps, ts, dtype):
     if steps is not None:
         return jnp.linspace(0.0, 1.0, check_int(steps, "steps") + 1, dtype=dtype)
     ts = check_grid(ts).astype(dtype)
-    if is_concrete(ts) and not bool(jnp.all((ts >= 0) & (ts <= 1) & (ts[1:] > ts[:-1]))):
+    grid = np.asarray(ts) if is_concrete(ts) else None  # host check, also under jit
+    if grid is not None and not (np.all((grid >= 0) & (grid <= 1)) and np.all(np.diff(grid) > 0)):
         raise ValueError(f"`ts` must increase within [0, 1] (noise to data); got ts={ts}.")
     return ts
 

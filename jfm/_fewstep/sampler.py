@@ -34,6 +34,7 @@ from .._sampling.core import run
 
 KINDS: tuple[str, ...] = ("velocity", "consistency", "mean_flow", "shortcut")
 _TWO_TIME = ("mean_flow", "shortcut")
+_MIN_BOUND = 64
 
 
 def _ode_term(terms):
@@ -238,7 +239,10 @@ def sample_few_step(
         adjoint = dfx.ForwardMode()  # UnsafeBrownianPath supports forward mode only
     elif key is not None:
         raise ValueError(f'`key` is for kind="consistency" only; kind="{kind}" is deterministic.')
-    max_steps = (steps if ts is None else int(jnp.shape(ts)[0]) - 1) or 1
+    # The step count is a traced value of the plan; the loop bound is static. A bound of
+    # at least 64 lets 1, 2, 4, ... 64 steps share one compiled sampler.
+    n = steps if ts is None else int(jnp.shape(ts)[0]) - 1
+    max_steps = max(_MIN_BOUND, n if isinstance(n, int) and not isinstance(n, bool) else 1)
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
     plan = setup(solver, x0, steps=steps, ts=ts, max_steps=max_steps, forward_only=True)
     if solver.stochastic:
