@@ -12,8 +12,8 @@ from .._checks import check_array, check_callable, check_int
 from ._common import (
     cast_to_compute_dtype,
     check_even_dim,
-    check_network_options,
     check_multi_times,
+    check_network_options,
     check_times,
     embed_class_labels,
 )
