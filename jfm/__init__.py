@@ -98,6 +98,28 @@ from ._couplings import (
     sinkhorn_coupling as sinkhorn_coupling,
 )
 
+# -- few-step models: reflow, consistency, MeanFlow, shortcut, and their sampler ------------
+from ._fewstep import (
+    ConsistencyMap as ConsistencyMap,
+    FewStepSolver as FewStepSolver,
+    ReflowCoupling as ReflowCoupling,
+    TwoTimeField as TwoTimeField,
+    consistency_distillation_loss as consistency_distillation_loss,
+    consistency_map as consistency_map,
+    consistency_tangent as consistency_tangent,
+    consistency_training_loss as consistency_training_loss,
+    continuous_consistency_loss as continuous_consistency_loss,
+    meanflow_loss as meanflow_loss,
+    meanflow_target as meanflow_target,
+    meanflow_times as meanflow_times,
+    reflow_coupling as reflow_coupling,
+    reflow_pairs as reflow_pairs,
+    sample_few_step as sample_few_step,
+    shortcut_loss as shortcut_loss,
+    shortcut_target as shortcut_target,
+    two_time_field as two_time_field,
+)
+
 # -- training -----------------------------------------------------------------------------
 from ._train import (
     NonFiniteError as NonFiniteError,

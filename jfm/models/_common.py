@@ -48,6 +48,20 @@ def check_times(t, batch: int) -> Array:
     return per_example(check_array(t, "t"), batch, "t", "the times, one per example")
 
 
+def check_multi_times(t, batch: int, k: int) -> Array:
+    """Floating times ``(B, k)``, one row per example (a ``(k,)`` row is broadcast)."""
+    t = check_array(t, "t")
+    if t.shape == (k,):
+        t = jnp.broadcast_to(t, (batch, k))
+    if t.shape != (batch, k):
+        raise ValueError(
+            f"`t` must have shape (B, {k}) = ({batch}, {k}): the time of x then "
+            f"{k - 1} extra time(s) per example (extra_time_inputs={k - 1}); got shape "
+            f"{t.shape}."
+        )
+    return t
+
+
 def cast_to_compute_dtype(args, /, *, dtype=None, inexact=True):
     """Flax ``promote_dtype`` hook: cast (inputs, kernel, bias) to the compute dtype.
 

@@ -12,6 +12,7 @@ from .._checks import check_array, check_callable, check_int
 from ._common import (
     cast_to_compute_dtype,
     check_even_dim,
+    check_multi_times,
     check_network_options,
     check_times,
     embed_class_labels,
@@ -37,6 +38,12 @@ class MLP(nnx.Module):
     ``Embed`` then returns ``nan``); concrete labels are checked. Without
     ``num_classes`` the model ignores ``args``.
 
+    Extra time inputs (``extra_time_inputs = E > 0``), for the few-step models that take
+    a second time (MeanFlow's ``r``, a shortcut model's step size ``d``): ``t`` then has
+    shape ``(B, 1 + E)``, column 0 the time of ``x`` and columns ``1..E`` the extra
+    times, each embedded like the first (same sinusoidal embedding) and concatenated.
+    With ``E = 0`` (default) the model, its parameters and its input are unchanged.
+
     Dtypes: parameters are stored in ``param_dtype`` (default float32). The computation
     runs in ``dtype`` when given, else in ``x``'s dtype: parameters and ``t`` are cast to
     it (no implicit promotion, so the model works under
@@ -55,6 +62,7 @@ class MLP(nnx.Module):
             ``time_embed_dim``); only with ``num_classes``.
         time_scale: the factor multiplying ``t`` in the sinusoidal embedding (default
             1000, see :func:`jfm.models.sinusoidal_embedding`).
+        extra_time_inputs: number ``E >= 0`` of extra scalar time inputs (default 0).
         param_dtype: dtype of the parameters (default float32).
         dtype: computation dtype, or ``None`` (default) for the dtype of ``x``.
         rngs: ``nnx.Rngs`` for initialisation (keyword-only, required).
@@ -79,6 +87,7 @@ class MLP(nnx.Module):
         num_classes: int | None = None,
         class_embed_dim: int | None = None,
         time_scale: float = 1000.0,
+        extra_time_inputs: int = 0,
         param_dtype: Any = jnp.float32,
         dtype: Any = None,
         rngs: nnx.Rngs,
@@ -91,7 +100,8 @@ class MLP(nnx.Module):
         self.time_scale = check_network_options(time_scale, param_dtype, dtype, rngs)
         self.dtype = dtype
         self.num_classes = None if num_classes is None else check_int(num_classes, "num_classes")
-        width = self.in_features + self.time_embed_dim
+        self.extra_time_inputs = check_int(extra_time_inputs, "extra_time_inputs", lo=0)
+        width = self.in_features + (1 + self.extra_time_inputs) * self.time_embed_dim
         if self.num_classes is None:
             if class_embed_dim is not None:
                 raise ValueError("`class_embed_dim` is only used with `num_classes`; got both.")
@@ -120,7 +130,9 @@ class MLP(nnx.Module):
         """Evaluate the network on a batch.
 
         Args:
-            t: ``(B,)`` times (a scalar is broadcast to the batch).
+            t: ``(B,)`` times (a scalar is broadcast to the batch); with
+                ``extra_time_inputs = E > 0``, ``(B, 1 + E)`` (or ``(1 + E,)``, broadcast):
+                the time of ``x`` then the extra times.
             x: ``(B, *event)`` states, ``prod(event) == in_features``.
             args: ``(B,)`` integer labels in ``{0, ..., num_classes}`` (a scalar label is
                 broadcast) when the model is
@@ -139,12 +151,16 @@ class MLP(nnx.Module):
                 f"`x` must have shape (B, *event) with prod(event) == in_features="
                 f"{self.in_features}; got x.shape={x.shape}."
             )
-        t = check_times(t, batch)
         cdtype = x.dtype if self.dtype is None else jnp.dtype(self.dtype)
-        feats = [
-            x.reshape(batch, self.in_features).astype(cdtype),
-            sinusoidal_embedding(t.astype(cdtype), self.time_embed_dim, scale=self.time_scale),
-        ]
+        embed = lambda ti: sinusoidal_embedding(  # noqa: E731
+            ti.astype(cdtype), self.time_embed_dim, scale=self.time_scale
+        )
+        feats = [x.reshape(batch, self.in_features).astype(cdtype)]
+        if self.extra_time_inputs:
+            t = check_multi_times(t, batch, 1 + self.extra_time_inputs)
+            feats.extend(embed(t[:, j]) for j in range(t.shape[1]))
+        else:
+            feats.append(embed(check_times(t, batch)))
         if self.class_embed is not None:
             labels = embed_class_labels(self.class_embed, self.num_classes, args, batch)
             feats.append(labels.astype(cdtype))
