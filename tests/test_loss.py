@@ -251,3 +251,20 @@ def test_loss_errors(getkey):
             sampler(3, key=None)
     with raises_arg(ValueError, "std"):
         jfm.logit_normal_time(3, key=key, std=0.0)
+
+
+def test_given_times_closed_over_by_jit():
+    # Concrete times captured by a jit trace are range-checked on the host, not traced.
+    path = jfm.AffinePath(jfm.CondOT())
+    x1 = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+    t = jnp.array([0.2, 0.5])
+
+    def apply(p, t, x, args):
+        return p * x
+
+    loss = functools.partial(jfm.cfm_loss, apply, x1=x1, path=path, t=t)
+    eager = loss(jnp.float64(1.0), key=jr.key(0))
+    np.testing.assert_allclose(jax.jit(lambda p: loss(p, key=jr.key(0)))(1.0), eager, rtol=1e-14)
+    late = t + 1.0
+    with raises_arg(ValueError, "t", "lie in"):
+        jax.jit(lambda p: jfm.cfm_loss(apply, p, x1, path=path, t=late, key=jr.key(0)))(1.0)

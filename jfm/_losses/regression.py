@@ -21,6 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._checks import (
@@ -67,10 +68,10 @@ def training_times(
             f"{t.shape}."
         )
     t = t.astype(dtype)
-    if is_concrete(t) and not bool(jnp.all((t >= 0) & (t <= 1))):
-        raise ValueError(
-            f"`{name}` must lie in [0, 1]; got values in [{float(t.min())}, {float(t.max())}]."
-        )
+    # numpy on the concrete value: jnp ops on a constant closed over by a jit trace would
+    # give a tracer.
+    if is_concrete(t) and not np.all(((tv := np.asarray(t)) >= 0) & (tv <= 1)):
+        raise ValueError(f"`{name}` must lie in [0, 1]; got values in [{tv.min()}, {tv.max()}].")
     return t
 
 
