@@ -89,13 +89,15 @@ def check_finite(x, name: str, where: str | None = None):
     a = x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x)
     if not jnp.issubdtype(a.dtype, jnp.inexact) or a.size == 0:
         return x
-    if not bool(jnp.isfinite(a).all()):
-        n = int(a.size - jnp.isfinite(a).sum())
-        raise ValueError(
-            f"`{name}` must be finite; got {n} non-finite (NaN or inf) entr"
-            f"{'y' if n == 1 else 'ies'} in {where or name} of shape {a.shape}."
-        )
-    return x
+    with jax.ensure_compile_time_eval():  # a concrete constant stays concrete under jit
+        finite = jnp.isfinite(a)
+        if bool(finite.all()):
+            return x
+        n = int(a.size - finite.sum())
+    raise ValueError(
+        f"`{name}` must be finite; got {n} non-finite (NaN or inf) entr"
+        f"{'y' if n == 1 else 'ies'} in {where or name} of shape {a.shape}."
+    )
 
 
 def check_scalar(value, name: str, dtype=None, *, lo=None, hi=None, strict_lo: bool = False):
