@@ -78,6 +78,28 @@ def check_batch(x, name: str):
     return x
 
 
+def check_finite(x, name: str, where: str | None = None):
+    """Raise a ``ValueError`` naming ``name`` when the concrete array ``x`` has a NaN/inf.
+
+    A no-op on tracers (and on non-floating arrays): see the module docstring. ``where``
+    says which part of ``name`` ``x`` is (e.g. a pytree leaf ``params['w']``).
+    """
+    if isinstance(x, jax.core.Tracer) or not is_concrete(x):
+        return x
+    a = x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x)
+    if not jnp.issubdtype(a.dtype, jnp.inexact) or a.size == 0:
+        return x
+    with jax.ensure_compile_time_eval():  # a concrete constant stays concrete under jit
+        finite = jnp.isfinite(a)
+        if bool(finite.all()):
+            return x
+        n = int(a.size - finite.sum())
+    raise ValueError(
+        f"`{name}` must be finite; got {n} non-finite (NaN or inf) entr"
+        f"{'y' if n == 1 else 'ies'} in {where or name} of shape {a.shape}."
+    )
+
+
 def check_scalar(value, name: str, dtype=None, *, lo=None, hi=None, strict_lo: bool = False):
     """A real scalar, as a 0-d array of ``dtype`` (default: a float dtype).
 

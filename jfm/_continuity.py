@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import check_array, check_int, check_key, is_concrete
+from ._checks import check_array, check_finite, check_int, check_key, is_concrete
 from ._divergence import divergence_exact
 from ._paths import AbstractPath
 from ._paths.base import require_path
@@ -137,7 +137,7 @@ def check_continuity(
     """
     require_path(path)
     check_key(key)
-    x1 = check_array(x1, "x1")
+    x1 = check_finite(check_array(x1, "x1"), "x1")
     if x1.ndim < 2 or x1.shape[0] == 0:
         raise ValueError(
             f"`x1` must have shape [B, *event] with B >= 1; got shape {x1.shape}. For one "

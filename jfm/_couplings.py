@@ -31,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from ott.geometry import pointcloud
 from ott.solvers import linear
 
-from ._checks import check_array, check_key, check_positive
+from ._checks import check_array, check_finite, check_key, check_positive
 from ._custom_types import RealScalarLike
 from ._ot import METHODS, exact_assignment, sq_cost
 
@@ -43,8 +43,8 @@ _RELATIVE: tuple[str, ...] = ("mean", "std")
 
 def check_pair_batch(x0, x1) -> tuple[Array, Array]:
     """Check two batches ``[B, *event]`` of equal shape and dtype for a coupling."""
-    x0 = check_array(x0, "x0")
-    x1 = check_array(x1, "x1")
+    x0 = check_finite(check_array(x0, "x0"), "x0")
+    x1 = check_finite(check_array(x1, "x1"), "x1")
     if x0.ndim < 2 or x1.ndim < 2:
         raise ValueError(
             f"`x0` and `x1` must be batches [B, *event] (at least 2 dimensions); got "

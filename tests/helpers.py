@@ -72,7 +72,7 @@ def raises_arg(exc, name: str, msg: str = ""):
 def raises_exact(exc, match: str):
     """``pytest.raises(exc, match=match)`` that also checks the EXACT exception type (for
     messages that name an option rather than one backticked argument, e.g. the step
-    control's "pass exactly one of steps=N, ts=...")."""
+    control's "pass exactly one of `steps`=N, `ts`=...")."""
     import pytest
 
     with pytest.raises(exc, match=match) as info:

@@ -367,7 +367,7 @@ def test_bad_input():
     field = gauss_field()
     x0 = jnp.zeros((4, D))
     ok = dict(solver=dfx.Tsit5(), steps=4)
-    one = "pass exactly one of steps=N"
+    one = "pass exactly one of `steps`=N"
     with raises_exact(ValueError, "Step controls exclude each other: " + one):
         jfm.sample_ode(field, x0, solver=dfx.Tsit5(), steps=4, rtol=1e-3, atol=1e-3)
     with raises_exact(ValueError, "No step control chosen: " + one):

@@ -6,7 +6,7 @@ import jax
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._checks import check_batch, check_callable, check_key, check_name
+from .._checks import check_batch, check_callable, check_finite, check_key, check_name
 from .._custom_types import ApplyFn, Args
 from .._empirical import EMPIRICAL_KINDS, EmpiricalField
 from .._paths import AbstractConvertiblePath, AbstractPath
@@ -89,7 +89,9 @@ def empirical_field_loss(
             'use kind="velocity" otherwise)',
         )
     check_key(key)
-    x1 = check_batch(x1, "x1")
+    x1 = check_finite(check_batch(x1, "x1"), "x1")
+    if x1.shape[0] == 0:
+        raise ValueError(f"`x1` must hold at least one example; got shape {x1.shape} (B = 0).")
     dtype, batch = x1.dtype, x1.shape[0]
     key_t, key_x = jr.split(key)
     t = training_times(time_sampler, batch, key=key_t, dtype=dtype, t=t)

@@ -28,6 +28,7 @@ from .._checks import (
     check_array,
     check_batch,
     check_callable,
+    check_finite,
     check_key,
     check_parametrization,
     check_scalar,
@@ -167,7 +168,9 @@ def conditional_loss(
             cls=AbstractConvertiblePath,
             need=f' to convert the model\'s kind="{kind}" into the "{target_kind}" target',
         )
-    x1 = check_batch(x1, "x1")
+    x1 = check_finite(check_batch(x1, "x1"), "x1")
+    if x1.shape[0] == 0:
+        raise ValueError(f"`x1` must hold at least one example; got shape {x1.shape} (B = 0).")
     dtype, batch = x1.dtype, x1.shape[0]
     with jax.ensure_compile_time_eval():  # a Python number stays concrete under jit
         smoothing = check_scalar(smoothing, "smoothing", lo=0.0)
@@ -183,7 +186,7 @@ def conditional_loss(
     t = training_times(time_sampler, batch, key=key_t, dtype=dtype, t=t, t_max=t_max)
     if x0 is None:
         x0 = path.x0_sample(x1.shape, key=key_x0, dtype=dtype)
-    x0 = check_array(x0, "x0")
+    x0 = check_finite(check_array(x0, "x0"), "x0")
     if x0.shape != x1.shape:
         raise ValueError(
             f"`x0` and `x1` must have equal shapes (B, *event); got x0.shape={x0.shape}, "

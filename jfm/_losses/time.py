@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._checks import check_int, check_key, check_positive
+from .._checks import check_int, check_key, check_positive, check_scalar
 
 
 def _float_dtype(dtype):
@@ -71,7 +71,7 @@ def logit_normal_time(
 
     Raises:
         TypeError: ``n`` not an int; ``key`` not a PRNG key; ``dtype`` not floating.
-        ValueError: ``n < 1``; ``std <= 0``.
+        ValueError: ``n < 1``; ``std <= 0``; ``mean`` or ``std`` not finite.
 
     References:
         Esser et al., "Scaling Rectified Flow Transformers for High-Resolution Image
@@ -81,9 +81,10 @@ def logit_normal_time(
     check_key(key)
     dtype = _float_dtype(dtype)
     with jax.ensure_compile_time_eval():  # range-checked when concrete, also under jit
-        check_positive(std, "std")
+        std = check_positive(std, "std", dtype)
+        mean = check_scalar(mean, "mean", dtype)
     z = jr.normal(key, (n,), dtype)
-    return jax.nn.sigmoid(jnp.asarray(mean, dtype) + jnp.asarray(std, dtype) * z)
+    return jax.nn.sigmoid(mean + std * z)
 
 
 __all__ = ["logit_normal_time", "uniform_time"]

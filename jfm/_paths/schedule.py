@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._checks import is_concrete
+from .._checks import check_scalar, is_concrete
 
 
 def _jvp_scalar(fn, t):
@@ -157,6 +157,7 @@ class Polynomial(AbstractSchedule):
     n: float | Float[Array, ""]
 
     def __check_init__(self):
+        check_scalar(self.n, "n")  # a finite real scalar (the value read below)
         if is_concrete(self.n) and not float(self.n) > 0:
             raise ValueError(f"`n` must be positive; got n={float(self.n)}.")
 
@@ -209,6 +210,8 @@ class VP(AbstractSchedule):
     beta_max: float | Float[Array, ""] = 20.0
 
     def __check_init__(self):
+        check_scalar(self.beta_min, "beta_min")
+        check_scalar(self.beta_max, "beta_max")
         if is_concrete((self.beta_min, self.beta_max)):
             bmin, bmax = float(self.beta_min), float(self.beta_max)
             if not (bmin >= 0 and bmax > bmin):
@@ -266,6 +269,8 @@ class VE(AbstractSchedule):
     sigma_max: float | Float[Array, ""] = 50.0
 
     def __check_init__(self):
+        check_scalar(self.sigma_min, "sigma_min")
+        check_scalar(self.sigma_max, "sigma_max")
         if is_concrete((self.sigma_min, self.sigma_max)):
             lo, hi = float(self.sigma_min), float(self.sigma_max)
             if not (0 < lo < hi):

@@ -124,8 +124,8 @@ def step_control(
     }
     chosen = [k for k, v in given.items() if v]
     how = (
-        "pass exactly one of steps=N (fixed step), ts=grid (fixed grid), rtol=... and "
-        "atol=... (adaptive PID), or stepsize_controller=<a diffrax controller>"
+        "pass exactly one of `steps`=N (fixed step), `ts`=grid (fixed grid), `rtol`=... and "
+        "`atol`=... (adaptive PID), or `stepsize_controller`=<a diffrax controller>"
     )
     if len(chosen) != 1:
         raise ValueError(

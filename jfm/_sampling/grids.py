@@ -15,6 +15,7 @@ schedule works, closed form or not.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import check_int, check_name, check_positive, check_scalar, is_concrete
@@ -36,6 +37,22 @@ def _check_path(path, who: str = "path") -> AffinePath:
     return path
 
 
+def _real_array(x, name: str):
+    """Real numbers of any shape (Python or NumPy scalars, arrays), as a floating array."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(
+        x, (int, float, np.ndarray, np.generic, jax.Array)
+    ):
+        raise TypeError(f"`{name}` must be a real number or array; got {type(x)}.")
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_ or not (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must have a real (floating) dtype; got {x.dtype}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
 def log_snr(path: AffinePath, t: Float[ArrayLike, "*n"]) -> Float[Array, "*n"]:
     r"""The path's log signal-to-noise ratio ``lambda(t) = log alpha(t) - log sigma(t)``.
 
@@ -48,11 +65,21 @@ def log_snr(path: AffinePath, t: Float[ArrayLike, "*n"]) -> Float[Array, "*n"]:
 
     Returns:
         ``lambda(t)``, the shape of ``t``.
+
+    Raises:
+        TypeError: ``path`` not an affine path; ``t`` not real numbers.
+        ValueError: concrete ``t`` outside ``[0, 1]`` or NaN.
     """
     _check_path(path)
-    t = jnp.asarray(t)
-    if not jnp.issubdtype(t.dtype, jnp.floating):
-        t = t.astype(jnp.result_type(float))
+    t = _real_array(t, "t")
+    if is_concrete(t):
+        tn = np.asarray(t)
+        bad = tn[~((tn >= 0) & (tn <= 1))]  # NaN fails too
+        if bad.size:
+            raise ValueError(
+                f"`t` must lie in [0, 1] (and be finite); got {bad.size} entries outside, "
+                f"e.g. t={bad.flat[0]}."
+            )
     sch = path.schedule
     a = jax.vmap(sch.alpha)(t.reshape(-1)).reshape(t.shape)
     s = jax.vmap(sch.sigma)(t.reshape(-1)).reshape(t.shape)
@@ -100,9 +127,9 @@ def time_at_log_snr(
         times of the shape of ``lam``, in ``lam``'s floating dtype.
     """
     _check_path(path)
-    lam = jnp.asarray(lam)
-    if not jnp.issubdtype(lam.dtype, jnp.floating):
-        lam = lam.astype(jnp.result_type(float))
+    lam = _real_array(lam, "lam")
+    if is_concrete(lam) and bool(jnp.isnan(lam).any()):
+        raise ValueError("`lam` must not be NaN (+-inf are allowed: the ends of the range).")
     t0, t1 = _check_ends(t0, t1, lam.dtype)
     return _time_at(path, lam.reshape(-1), t0, t1).reshape(lam.shape)
 

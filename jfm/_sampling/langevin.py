@@ -20,6 +20,7 @@ from .._checks import (
     check_batch,
     check_bool,
     check_callable,
+    check_finite,
     check_int,
     check_key,
     check_positive,
@@ -117,7 +118,7 @@ def langevin(
     """
     check_callable(score, "score")
     check_key(key)
-    x0 = check_batch(x0, "x0")
+    x0 = check_finite(check_batch(x0, "x0"), "x0")
     dtype = x0.dtype
     steps = check_int(steps, "steps", 1)
     check_common(batch, throw, steps, None)
@@ -304,7 +305,7 @@ def sample_pc(
     check_callable(velocity, "velocity")
     check_callable(score, "score")
     check_key(key)
-    x0 = check_batch(x0, "x0")
+    x0 = check_finite(check_batch(x0, "x0"), "x0")
     steps = check_int(steps, "steps", 1)
     corrector_steps = check_int(corrector_steps, "corrector_steps", 0)
     check_bool(throw, "throw")

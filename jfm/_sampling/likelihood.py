@@ -20,7 +20,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._checks import check_batch, check_callable, check_int, check_key, is_concrete
+from .._checks import check_batch, check_callable, check_finite, check_int, check_key, is_concrete
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._divergence import AbstractDivergence, resolve_divergence
 from .._misc import sample_flat
@@ -174,7 +174,7 @@ def log_prob(
     """
     check_solver(solver, "dfx.Dopri5()")
     check_callable(field, "field")
-    x = check_batch(x, "x")
+    x = check_finite(check_batch(x, "x"), "x")
     if (path is None) == (prior_log_prob is None):
         raise ValueError(
             "Pass exactly one of `path` and `prior_log_prob` (the source density): "
@@ -315,7 +315,7 @@ def bits_per_dim(
     Raises:
         TypeError: ``log_prob_fn`` not callable, ``x_int`` not an integer array, ``bits``
             not an int, ``key`` not a key.
-        ValueError: ``x_int`` without a batch axis, ``bits`` out of range, values outside
+        ValueError: ``x_int`` without a batch axis or empty, ``bits`` out of range, values outside
             ``{0, ..., 2^bits - 1}``, ``log_prob_fn`` returning another shape than ``[B]``.
 
     Examples:
@@ -344,7 +344,12 @@ def bits_per_dim(
         )
     if x_int.ndim < 1:
         raise ValueError(f"`x_int` must have a batch axis [B, *event]; got shape {x_int.shape}.")
-    if is_concrete(x_int) and x_int.size:
+    if x_int.size == 0:
+        raise ValueError(
+            f"`x_int` must hold at least one example of at least one dimension (bits per "
+            f"dimension of nothing is undefined); got shape {x_int.shape}."
+        )
+    if is_concrete(x_int):
         lo, hi = int(jnp.min(x_int)), int(jnp.max(x_int))
         if lo < 0 or hi > 2**bits - 1:
             raise ValueError(

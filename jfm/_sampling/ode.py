@@ -4,7 +4,7 @@ import diffrax as dfx
 import equinox as eqx
 from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
-from .._checks import check_batch, check_callable, check_key
+from .._checks import check_batch, check_callable, check_finite, check_key
 from .._custom_types import Args, RealScalarLike, VectorField
 from .base import Noise, Solution, unit_noise, unsafe_brownian
 from .control import check_common, check_solver, setup
@@ -127,7 +127,7 @@ def sample_ode(
     """
     check_solver(solver)
     check_callable(field, "field")
-    x0 = check_batch(x0, "x0")
+    x0 = check_finite(check_batch(x0, "x0"), "x0")
     stochastic = isinstance(solver, AbstractFlowSolver) and solver.stochastic
     if stochastic:
         check_key(key)

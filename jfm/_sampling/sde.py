@@ -22,7 +22,14 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .._checks import check_batch, check_callable, check_key, check_positive, is_concrete
+from .._checks import (
+    check_batch,
+    check_callable,
+    check_finite,
+    check_key,
+    check_positive,
+    is_concrete,
+)
 from .._custom_types import Args, RealScalarLike, VectorField
 from .._paths import AbstractConvertiblePath
 from .base import Noise, Solution
@@ -273,7 +280,7 @@ def sample_sde(
     check_solver(solver, "dfx.Euler()")
     check_fields(velocity, score)
     check_key(key)
-    x0 = check_batch(x0, "x0")
+    x0 = check_finite(check_batch(x0, "x0"), "x0")
     max_steps, adjoint = check_common(batch, throw, max_steps, adjoint)
     plan = setup(
         solver,

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Int, PyTree
 
-from .._checks import check_bool
+from .._checks import check_bool, check_finite
 
 # _OPTAX_PROMOTION_NOTE: optax's optimizers mix Python floats and int32 counters (e.g.
 # Adam's bias correction ``b1 ** count``), which jax_numpy_dtype_promotion="strict"
@@ -96,6 +96,7 @@ def init_train_state(
     Raises:
         TypeError: ``params`` has no leaves or a non-floating leaf; ``optimizer`` is not
             a gradient transformation; ``ema`` is not a bool.
+        ValueError: a concrete ``params`` leaf with a NaN or inf entry.
 
     Examples:
         >>> import jax.numpy as jnp, optax, jfm
@@ -108,6 +109,8 @@ def init_train_state(
     if not jax.tree_util.tree_leaves(params):
         raise TypeError(f"`params` must be a pytree with at least one array leaf; got {params!r}.")
     params = jax.tree_util.tree_map_with_path(_strong_float_leaf, params)
+    for kp, leaf in jax.tree_util.tree_leaves_with_path(params):
+        check_finite(leaf, "params", f"params{jax.tree_util.keystr(kp)}")  # concrete leaves only
     with jax.numpy_dtype_promotion("standard"):  # see _OPTAX_PROMOTION_NOTE
         opt_state = optimizer.init(params)
     ema_params = jax.tree.map(jnp.copy, params) if ema else None

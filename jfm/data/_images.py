@@ -9,12 +9,13 @@ import os
 import pathlib
 import zipfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float, Int, UInt8
 
-from .._checks import check_bool, check_int, check_name, check_scalar
+from .._checks import check_bool, check_finite, check_int, check_name, check_scalar
 from ._toy import float_dtype
 
 #: Number of images in scikit-learn's digits set.
@@ -268,10 +269,17 @@ def from_unit_range(images: Float[ArrayLike, "*dims"]) -> UInt8[Array, "*dims"]:
 
     Raises:
         TypeError: ``images`` not floating.
+        ValueError: ``images`` concrete with a NaN or inf entry.
     """
+    if isinstance(images, (list, tuple)):
+        images = np.asarray(images)
+    if not isinstance(images, (np.ndarray, np.generic, jax.Array, float)):
+        raise TypeError(f"`images` must be a floating array in [-1, 1]; got {type(images)}.")
     x = jnp.asarray(images)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"`images` must be a floating array in [-1, 1]; got dtype {x.dtype}.")
+    # NaN would cast to an arbitrary pixel value: refuse it where it can be seen.
+    x = check_finite(x, "images")
     return jnp.clip(jnp.round((x + 1) * 127.5), 0, 255).astype(jnp.uint8)
 
 

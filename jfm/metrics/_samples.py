@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import check_array, check_bool, check_int, is_concrete
+from .._checks import check_array, check_bool, check_finite, check_int, is_concrete
 from .._custom_types import RealScalarLike
 from .._ot import exact_assignment, sq_cost
 
@@ -30,8 +30,8 @@ _CHUNK_ELEMENTS = 2**25
 
 def _as_sets(x, y):
     """Check two sample sets and flatten them to ``[N, D]``, ``[M, D]``."""
-    x = check_array(x, "x")
-    y = check_array(y, "y")
+    x = check_finite(check_array(x, "x"), "x")
+    y = check_finite(check_array(y, "y"), "y")
     for name, a in (("x", x), ("y", y)):
         if a.ndim < 2:
             raise ValueError(
@@ -167,6 +167,12 @@ def _check_bandwidth(bandwidth, dtype) -> Array:
         if not bandwidth:
             raise ValueError("`bandwidth` must be a positive float or a non-empty sequence.")
         bandwidth = np.asarray(bandwidth) if is_concrete(bandwidth) else jnp.stack(bandwidth)
+    if isinstance(bandwidth, bool) or not isinstance(
+        bandwidth, (int, float, np.ndarray, np.generic, jax.Array)
+    ):
+        raise TypeError(
+            f"`bandwidth` must be a positive float or a sequence of them; got {type(bandwidth)}."
+        )
     bw = jnp.asarray(bandwidth)
     if bw.ndim > 1 or bw.size == 0:
         raise ValueError(

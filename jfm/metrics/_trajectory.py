@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._checks import check_array, is_concrete
+from .._checks import check_array, check_finite, is_concrete
 from ._samples import w2
 
 
 def _check_trajectory(xs, ts):
-    xs = check_array(xs, "xs")
-    ts = check_array(ts, "ts", ndim=1)
+    xs = check_finite(check_array(xs, "xs"), "xs")
+    ts = check_finite(check_array(ts, "ts", ndim=1), "ts")
     if xs.ndim < 3:
         raise ValueError(
             f"`xs` must be a trajectory [T, N, *event] (time-major, as Solution.xs) with at "
@@ -125,7 +125,16 @@ def normalized_path_energy(
         )
     pe = path_energy(xs, ts)
     if w2_squared is None:
-        w2_squared = w2(jnp.asarray(xs)[0], x1, squared=True)
+        x0 = jnp.asarray(xs)[0]
+        x1 = check_finite(check_array(x1, "x1"), "x1")
+        if x1.shape != x0.shape:
+            raise ValueError(
+                f"`x1` must be data samples shaped like the sources xs[0], {x0.shape}; got "
+                f"shape {x1.shape}."
+            )
+        if x1.dtype != x0.dtype:
+            raise TypeError(f"`x1` must have the dtype of `xs`, {x0.dtype}; got {x1.dtype}.")
+        w2_squared = w2(x0, x1, squared=True)
     w2_squared = jnp.asarray(w2_squared).astype(pe.dtype)
     return jnp.abs(pe - w2_squared) / w2_squared
 
