@@ -15,9 +15,10 @@ a ``ZeroDivisionError``), a ``TypeError`` from inside JAX that names no argument
 silent NaN. The calls are eager (no ``jax.jit``), so that the value checks on concrete
 input (``jfm._checks.check_finite``) fire; under ``jit`` non-finite input propagates.
 
-The jaxtyping/beartype import hook that pytest's ``addopts`` installs over ``jfm`` is
-switched off in this module: it checks annotations before the function body runs, with
-its own messages, and users do not have it; the fuzz tests check jfm's own errors.
+Should the tests run with jaxtyping's import hook over ``jfm`` (``--jaxtyping-packages``,
+as the doctests do), it is switched off in this module: it checks annotations before the
+function body runs, with its own messages, and users do not have it; the fuzz tests check
+jfm's own errors.
 
 Run ``python -m pytest tests/test_fuzz.py -q -s`` for the figures: the number of
 distinct bad inputs tried, of functions covered, and of the defects these tests exposed
