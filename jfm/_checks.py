@@ -4,6 +4,14 @@ Each raises a ``TypeError`` (wrong kind of value) or a ``ValueError`` (right kin
 value) whose message names the argument, says what was expected and what came. Range
 checks on numbers run only when the value is concrete: a traced value cannot be read
 without a host round trip, and jfm never adds one silently.
+
+Non-finite data (:func:`check_finite`): the entry points that take a user's arrays
+(samplers' ``x0``, ``log_prob``'s ``x``, the losses' batches, couplings, metrics,
+``init_train_state``'s parameters) refuse a concrete array with a NaN or inf, naming the
+argument; one device reduction on an eager call. Under ``jax.jit`` (traced input) they
+cannot look, and non-finite input propagates (a solve then reports failure through
+``Solution.result``). Per-example maths (path methods, fields, divergences) lets NaN
+through like any ``jnp`` function.
 """
 
 import numbers
@@ -81,11 +89,14 @@ def check_batch(x, name: str):
 def check_finite(x, name: str, where: str | None = None):
     """Raise a ``ValueError`` naming ``name`` when the concrete array ``x`` has a NaN/inf.
 
-    A no-op on tracers (and on non-floating arrays): see the module docstring. ``where``
+    A no-op on tracers, on non-floating arrays and on arrays spread over several hosts
+    (not fully addressable): see the module docstring. ``where``
     says which part of ``name`` ``x`` is (e.g. a pytree leaf ``params['w']``).
     """
     if isinstance(x, jax.core.Tracer) or not is_concrete(x):
         return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x  # a multi-host global array: no process can read all of it
     a = x if isinstance(x, (jax.Array, np.ndarray)) else np.asarray(x)
     if not jnp.issubdtype(a.dtype, jnp.inexact) or a.size == 0:
         return x
