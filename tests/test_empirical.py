@@ -59,6 +59,7 @@ def test_x1_kind_converts_to_the_velocity(getkey):
     )
 
 
+@pytest.mark.slow
 def test_poisson_ode_lands_on_the_data(getkey):
     # The exact Poisson field of M charges, integrated by an adaptive diffrax solver from
     # prior draws, ends on the charges (the empirical distribution is the data end).

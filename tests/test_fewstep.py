@@ -126,6 +126,7 @@ def exact_points():
     return z, t, r
 
 
+@pytest.mark.slow
 def test_meanflow_identity_holds_for_the_exact_average_velocity(exact_points):
     """``u = v - (t - r) du/dt`` with ``du/dt`` from ONE jvp through a tight ODE solve."""
     z, t, r = exact_points
@@ -274,7 +275,11 @@ def _losses(nets):
     }
 
 
-@pytest.mark.parametrize("name", ["reflow_cfm", "ct", "cd", "continuous", "meanflow", "shortcut"])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param("reflow_cfm", marks=pytest.mark.slow), "ct", "cd", "continuous", "meanflow"]
+    + ["shortcut"],
+)
 def test_losses_shapes_gradients_and_jit(nets, name):
     apply, params, loss = _losses(nets)[name]
     x1 = GMM.sample(4, key=jr.key(7))

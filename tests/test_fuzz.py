@@ -1035,6 +1035,7 @@ def _valid_calls(specs, all_variants: bool = True):
             expect(spec.fname, lambda: spec.call(**kw), None)
 
 
+@pytest.mark.slow
 def test_fuzz_valid_defaults():
     """Every spec's all-good call succeeds with a finite result (the baseline of the fuzz).
 

@@ -117,6 +117,7 @@ def test_sample_ode_on_a_named_grid():
     assert int(sol.nfe) == 4
 
 
+@pytest.mark.slow
 def test_grids_drive_sde_and_likelihood():
     # The same grids serve the SDE sampler and the likelihood solve (run from 1 back to 0).
     gmm = jfm.GaussianMixture(jnp.zeros((1, 2)), 0.5 * jnp.eye(2)[None], jnp.ones(1))

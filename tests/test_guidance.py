@@ -162,6 +162,7 @@ def _counted(field, x0, **kw):
     return sol, _CALLS[0]
 
 
+@pytest.mark.slow
 def test_jump_times_with_a_user_controller(getkey):
     # The field's jump times also reach a user's adaptive controller (wrapped in a
     # dfx.ClipStepSizeController): the same solve as the rtol/atol shortcut; and a user's

@@ -34,6 +34,7 @@ def gaussian_cdf(schedule, d, T=1.0):
     return cdf
 
 
+@pytest.mark.slow
 def test_gaussian_special_case_is_affine_ve(getkey):
     d, sched = 3, jfm.VE(0.01, 5.0)
     affine = jfm.AffinePath(sched)
@@ -119,6 +120,7 @@ def test_bad_cdfs_are_rejected(name):
     jfm.IsotropicPath(cdf=BAD_CDFS[name], validate=False)  # the user's explicit choice
 
 
+@pytest.mark.slow
 def test_good_cdfs_pass_and_interface(getkey):
     for cdf in (tanh_cdf, exp_cdf, gaussian_cdf(jfm.VE(0.01, 5.0), 2)):
         assert jfm.check_cdf(cdf, T=1.0).ok

@@ -74,6 +74,7 @@ def test_exact_matches_gmm_density(path, getkey):
     assert info.nfe.shape == (4,) and bool(jnp.all(info.nfe > 0))
 
 
+@pytest.mark.slow
 def test_hutchinson_unbiased_with_stderr(getkey):
     # Each example gets its own probes: 3 points x 48 copies give 48 independent
     # Hutchinson log-densities per point; K = 2 probes each, so info.stderr is defined.

@@ -146,6 +146,7 @@ def test_convergence_order(gmm, path):
         assert abs(slope - want) < 0.3, (name, slope)
 
 
+@pytest.mark.slow
 def test_vmap_batch_equals_joint(gmm):
     # Fixed grids: one solve per example gives the joint solve's numbers.
     field = gmm.velocity_field(CONDOT)
