@@ -434,7 +434,16 @@ def overhead_rows(solvers, repeat: int, batch: int = 10_000, nfe: int = 10):
     field = jfm.field_from_model(apply, params)
     x0 = jr.normal(jr.key(0), (batch, 2), jnp.float32)
     once = jax.jit(lambda x: jax.vmap(field, in_axes=(None, 0, None))(jnp.float32(0.5), x, None))
+    batched = jax.vmap(field, in_axes=(None, 0, None))
+
+    @jax.jit
+    def loop(x):  # the hand-written baseline: 10 Euler steps of the network in one jit
+        return jax.lax.fori_loop(
+            0, nfe, lambda i, y: y + batched(jnp.float32(i / nfe), y, None) / nfe, x
+        )
+
     fns = {"network x1": lambda: jax.block_until_ready(once(x0))}
+    fns["hand loop"] = lambda: jax.block_until_ready(loop(x0))
     for name in solvers:
         steps = steps_for(name, nfe, CONDOT)
         ts = jfm.time_grid(
@@ -462,7 +471,9 @@ def overhead_rows(solvers, repeat: int, batch: int = 10_000, nfe: int = 10):
                 nfe=used,
                 seconds=best[name],
                 network=net_time,
+                loop=best["hand loop"] * used / nfe,
                 overhead=1 - net_time / best[name],
+                overhead_loop=1 - best["hand loop"] * used / nfe / best[name],
             )
         )
     return rows, best["network x1"]
@@ -734,17 +745,21 @@ def main(argv=None):
             "",
             *head,
             f"4x512 MLP (jfm.models.MLP, float32), batch 10,000, 2-D, 10 NFE budget; "
-            f"one network evaluation {net * 1e3:.1f} ms (best of {a.repeat}). "
-            "Overhead = 1 - NFE x network / solve.",
+            f"one network evaluation {net * 1e3:.1f} ms (one jitted call, best of {a.repeat}); "
+            "the hand loop is 10 Euler steps of the network in one jitted fori_loop (scaled "
+            "to the solver's NFE). Overhead = 1 - baseline / solve; the target is judged on "
+            "the hand loop (the network's evaluations with no solver around them).",
             "",
-            "| solver | NFE | solve (ms) | NFE x network (ms) | overhead | target <= 5% |",
-            "|---|---|---|---|---|---|",
+            "| solver | NFE | solve (ms) | NFE x network (ms) | hand loop (ms) | overhead vs "
+            "network | overhead vs hand loop | target <= 5% |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
                 f"| {r['solver']} | {r['nfe']} | {r['seconds'] * 1e3:.1f} | "
-                f"{r['network'] * 1e3:.1f} | {100 * r['overhead']:.1f}% | "
-                f"{'met' if r['overhead'] <= 0.05 else 'missed'} |"
+                f"{r['network'] * 1e3:.1f} | {r['loop'] * 1e3:.1f} | "
+                f"{100 * r['overhead']:.1f}% | {100 * r['overhead_loop']:.1f}% | "
+                f"{'met' if r['overhead_loop'] <= 0.05 else 'missed'} |"
             )
         text = "\n".join(lines) + "\n"
         (RESULTS / f"few_nfe_overhead{tag}.md").write_text(text)

@@ -199,3 +199,14 @@ def test_solver_errors():
         jfm.sample_ode(field, x0, solver=jfm.EDM(VP, gamma=0.2), steps=3)
     with raises_arg(ValueError, "key"):
         jfm.sample_ode(field, x0, solver=jfm.EDM(VP), steps=3, key=jr.key(0))
+
+
+def test_float32_samples_stay_float32():
+    # With x64 on, the path's coefficients are float64; the solver state keeps y's dtype.
+    m = jnp.array([0.5, 1.0], jnp.float32)
+    x0 = jr.normal(jr.key(7), (3, 2), jnp.float32)
+    ts = jfm.time_grid("edm", 4, path=VP, dtype=jnp.float32)
+    for solver in (jfm.UniPC(VP, 2), jfm.DPMSolverPP(VP, 2)):
+        sol = jfm.sample_ode(point_mass_velocity(VP, m), x0, solver=solver, ts=ts)
+        assert sol.x1.dtype == jnp.float32
+        np.testing.assert_allclose(sol.x1, jnp.broadcast_to(m, x0.shape), atol=1e-5)

@@ -172,6 +172,11 @@ def _safe(x, ok, fill=1.0):
 
 
 def _done(y0, y1, st):
+    # The state keeps the dtype of y (float32 samples with x64 on: the path's coefficients
+    # may be float64).
+    y1 = y1.astype(jnp.result_type(y0))
+    if st.last is not None:
+        st = eqx.tree_at(lambda s: s.last, st, st.last.astype(y1.dtype))
     return y1, None, dict(y0=y0, y1=y1), st, dfx.RESULTS.successful
 
 
