@@ -132,3 +132,11 @@ def test_grids_drive_sde_and_likelihood():
         u, s, jnp.zeros((3, 2)), diffusion=0.3, key=jax.random.key(0), ts=ts, solver=dfx.Euler()
     )
     assert int(sol.nfe) == 24 and bool(sol.success)
+
+
+def test_constants_closed_over_by_jit():
+    # Concrete arguments captured by a jit trace are checked on the host, not traced.
+    lam = jnp.array([-2.0, 0.0, 3.0])
+    eager = jfm.time_at_log_snr(VP, lam)
+    np.testing.assert_allclose(jax.jit(lambda: jfm.time_at_log_snr(VP, lam))(), eager)
+    np.testing.assert_allclose(jax.jit(lambda: jfm.log_snr(VP, eager))(), lam, atol=1e-9)

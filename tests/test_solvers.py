@@ -202,11 +202,14 @@ def test_solver_errors():
 
 
 def test_float32_samples_stay_float32():
-    # With x64 on, the path's coefficients are float64; the solver state keeps y's dtype.
+    # With x64 on, the path's coefficients are float64; the solver state keeps y's dtype
+    # (under JAX's standard promotion, which users have; the suite's strict mode refuses
+    # the float32/float64 mix inside UniPC's small solves).
     m = jnp.array([0.5, 1.0], jnp.float32)
     x0 = jr.normal(jr.key(7), (3, 2), jnp.float32)
     ts = jfm.time_grid("edm", 4, path=VP, dtype=jnp.float32)
-    for solver in (jfm.UniPC(VP, 2), jfm.DPMSolverPP(VP, 2)):
-        sol = jfm.sample_ode(point_mass_velocity(VP, m), x0, solver=solver, ts=ts)
-        assert sol.x1.dtype == jnp.float32
-        np.testing.assert_allclose(sol.x1, jnp.broadcast_to(m, x0.shape), atol=1e-5)
+    with jax.numpy_dtype_promotion("standard"):
+        for solver in (jfm.UniPC(VP, 2), jfm.DPMSolverPP(VP, 2)):
+            sol = jfm.sample_ode(point_mass_velocity(VP, m), x0, solver=solver, ts=ts)
+            assert sol.x1.dtype == jnp.float32
+            np.testing.assert_allclose(sol.x1, jnp.broadcast_to(m, x0.shape), atol=1e-5)

@@ -128,7 +128,8 @@ def time_at_log_snr(
     """
     _check_path(path)
     lam = _real_array(lam, "lam")
-    if is_concrete(lam) and bool(jnp.isnan(lam).any()):
+    # numpy on the concrete value (a jnp op on a constant inside a jit trace is traced)
+    if is_concrete(lam) and np.isnan(np.asarray(lam)).any():
         raise ValueError("`lam` must not be NaN (+-inf are allowed: the ends of the range).")
     t0, t1 = _check_ends(t0, t1, lam.dtype)
     return _time_at(path, lam.reshape(-1), t0, t1).reshape(lam.shape)
@@ -291,7 +292,7 @@ def _concrete(v) -> bool:
 
 def _finish(ts, t0, t1, kind):
     ts = ts.at[0].set(t0).at[-1].set(t1)
-    if is_concrete(ts) and not bool(jnp.all(jnp.diff(ts) > 0)):
+    if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError(
             f'The "{kind}" grid is not strictly increasing on this path and interval: '
             f"ts={ts}; use fewer steps, other ends t0/t1, or another spacing."
