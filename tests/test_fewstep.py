@@ -314,7 +314,8 @@ def _constant_x1(t, x, args):
     return jnp.array([3.0, -1.0], x.dtype) + 0.0 * x
 
 
-@pytest.mark.parametrize("batch", ["joint", pytest.param("vmap", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", ["joint", "vmap"])
 def test_sampler_jumps_and_exact_nfe(batch, getkey):
     """Each kind makes its jump with ONE evaluation per step: ``nfe == N`` exactly, on a
     uniform grid and on a given one."""

@@ -187,6 +187,7 @@ def test_jump_times_with_a_user_controller(getkey):
     assert calls_d == int(d.nfe) and int(d.num_rejected_steps) > int(a.num_rejected_steps)
 
 
+@pytest.mark.slow
 def test_jump_times_backwards(getkey):
     # Integrating backwards (t0=1, t1=0) the jump times are mirrored with the direction
     # (the initial-step heuristic runs in forward time): NFE still exact against counted

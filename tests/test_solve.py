@@ -595,6 +595,7 @@ def _energy_distance(x, y):
     return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
 
 
+@pytest.mark.slow
 def test_gmm_reach(getkey):
     means = jnp.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]])
     covs = jnp.stack([0.3 * jnp.eye(2), jnp.array([[0.5, 0.2], [0.2, 0.3]]), 0.2 * jnp.eye(2)])

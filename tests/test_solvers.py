@@ -165,6 +165,7 @@ def test_vmap_batch_equals_joint(gmm):
     np.testing.assert_allclose(f(x0).x1, joint.x1, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_edm_churn(gmm):
     field = gmm.velocity_field(VP)
     x0 = jr.normal(jr.key(5), (6, 2))

@@ -127,6 +127,7 @@ def test_dtypes_jit_and_grad(dtype, net32, getkey):
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g))  # param_dtype kept
 
 
+@pytest.mark.slow
 def test_class_conditioning_and_null_class(net64, apply64, getkey):
     net = net64
     assert net.class_embed.embedding.shape == (4, 4 * SMALL["channels"])  # K + 1 rows
