@@ -24,7 +24,14 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._checks import check_array, check_batch, check_callable, check_key, check_name
+from .._checks import (
+    check_array,
+    check_batch,
+    check_callable,
+    check_finite,
+    check_key,
+    check_name,
+)
 from .._custom_types import ApplyFn, Args, RealScalarLike
 from .._fields.model import _add_batch_axis
 from .._paths import AffinePath
@@ -214,7 +221,8 @@ def sample_few_step(
     Raises:
         TypeError: ``model_fn`` not callable; ``x0`` not floating; ``path`` not an
             :class:`jfm.AffinePath` (``"consistency"``); ``key`` missing there.
-        ValueError: unknown ``kind``; not exactly one of ``steps``/``ts``; a bad grid;
+        ValueError: unknown ``kind``; non-finite (concrete) ``x0``; not exactly one of
+            ``steps``/``ts``; a bad grid;
             ``key`` given for a deterministic kind.
 
     Examples:
@@ -226,7 +234,7 @@ def sample_few_step(
     """
     check_name(kind, "kind", KINDS)
     check_callable(model_fn, "model_fn", "(t, s, x, args)" if kind in _TWO_TIME else "(t, x, args)")
-    x0 = check_batch(x0, "x0")
+    x0 = check_finite(check_batch(x0, "x0"), "x0")
     if (steps is None) == (ts is None):
         raise ValueError(
             f"Pass exactly one of `steps` (N uniform steps) and `ts` (a grid [N + 1], e.g. "
