@@ -668,6 +668,22 @@ def targets_trained(rows, problems, nfe=8):
     return lines
 
 
+def write_report(lines, rows, probs, nfes, solvers, kind: str, tag: str) -> None:
+    """Per-problem tables and plots after ``lines``; ``few_nfe_{kind}{tag}.md`` and
+    ``.csv`` in results (the partial CSV of the sweep removed), and the text printed."""
+    name = f"few_nfe_{kind}{tag}"
+    write_csv(rows, RESULTS / f"{name}.csv")
+    (RESULTS / f"{name}.partial.csv").unlink(missing_ok=True)
+    for p in probs:
+        lines += problem_tables(rows, p, nfes, solvers) + [""]
+        png = RESULTS / f"few_nfe_{p['key']}{tag}.png"
+        plot(rows, p, solvers, png)
+        lines += [f"![{p['name']}]({png.name})", ""]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text, flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="NFE {4, 8, 10, 16}, 2-D only")
@@ -700,23 +716,14 @@ def main(argv=None):
         probs = exact_problems(dims, {2: 1024, 64: 256}, cache)
         rows = sweep(probs, nfes, solvers, GRIDS, RESULTS / f"few_nfe_exact{tag}.partial.csv")
         rows += diffusers_rows(probs, nfes, GRIDS)
-        write_csv(rows, RESULTS / f"few_nfe_exact{tag}.csv")
         lines = ["# Few-NFE sampling on exact Gaussian-mixture fields", "", *head]
         lines += ["## Targets at 10 NFE", "", *targets_exact(rows, probs), ""]
         lines += ["## Recommendation per path", "", *recommendations(rows, probs, nfes), ""]
-        for p in probs:
-            lines += problem_tables(rows, p, nfes, solvers) + [""]
-            png = RESULTS / f"few_nfe_{p['key']}{tag}.png"
-            plot(rows, p, solvers, png)
-            lines += [f"![{p['name']}]({png.name})", ""]
-        text = "\n".join(lines) + "\n"
-        (RESULTS / f"few_nfe_exact{tag}.md").write_text(text)
-        print(text, flush=True)
+        write_report(lines, rows, probs, nfes, solvers, "exact", tag)
 
     if "trained" in parts:
         probs = trained_problems(Path(a.train_dir), 2000)
         rows = sweep(probs, nfes, solvers, GRIDS, RESULTS / f"few_nfe_trained{tag}.partial.csv")
-        write_csv(rows, RESULTS / f"few_nfe_trained{tag}.csv")
         lines = [
             "# Few-NFE sampling of trained models (distance to the model's own tight solve)",
             "",
@@ -729,14 +736,7 @@ def main(argv=None):
             "samplers by the endpoint RMS.",
             "",
         ]
-        for p in probs:
-            lines += problem_tables(rows, p, nfes, solvers) + [""]
-            png = RESULTS / f"few_nfe_{p['key']}{tag}.png"
-            plot(rows, p, solvers, png)
-            lines += [f"![{p['name']}]({png.name})", ""]
-        text = "\n".join(lines) + "\n"
-        (RESULTS / f"few_nfe_trained{tag}.md").write_text(text)
-        print(text, flush=True)
+        write_report(lines, rows, probs, nfes, solvers, "trained", tag)
 
     if "overhead" in parts:
         rows, net = overhead_rows(solvers, a.repeat)
