@@ -114,6 +114,34 @@ def test_continuous_consistency_target_is_meanflow_at_r_equal_1(nets, getkey):
     np.testing.assert_allclose(f, x + (1 - t)[:, None] * out, rtol=1e-12)
 
 
+def test_tangent_normalization_rescales_each_example(nets):
+    """With ``tangent_normalization=c`` each example's loss is ``|g|^2 / (|g| + c)^2 / d``
+    and its gradient the raw one times ``1 / (|g| + c)`` (the loss gradient is linear in
+    the tangent ``g``): same direction, bounded size."""
+    (apply, params), _ = nets
+    cm = jfm.consistency_map(apply)
+    x1 = GMM.sample(3, key=jr.key(2))
+    loss = functools.partial(jfm.continuous_consistency_loss, cm, path=PATH, teacher=FIELD)
+    key, c = jr.key(4), 0.1
+    raw = loss(params, x1, key=key)
+    norm = loss(params, x1, key=key, tangent_normalization=c)
+    g_norm = jnp.sqrt(raw * 2)  # |g|, from the raw loss |g|^2 / d with d = 2
+    np.testing.assert_allclose(norm, raw / (g_norm + c) ** 2, rtol=1e-5)
+    # per-example gradients: the Jacobian of the [B] losses in the parameters
+    jac = [
+        jax.jit(jax.jacrev(lambda p: loss(p, x1, key=key, **kw)))(params)
+        for kw in ({}, {"tangent_normalization": c})
+    ]
+    scale = np.asarray(1.0 / (g_norm + c))
+    for a, b in zip(*map(jax.tree.leaves, jac)):
+        a = np.asarray(a)
+        np.testing.assert_allclose(
+            b, a * scale.reshape((3,) + (1,) * (a.ndim - 1)), rtol=1e-4, atol=1e-7
+        )
+    with raises_arg(ValueError, "tangent_normalization"):
+        loss(params, x1, key=key, tangent_normalization=0.0)
+
+
 # -- MeanFlow and shortcut on the exact flow ------------------------------------------------
 
 

@@ -330,6 +330,7 @@ def continuous_consistency_loss(
     x0: Float[ArrayLike, " batch *event"] | None = None,
     args: Args = None,
     time_sampler=uniform_time,
+    tangent_normalization: float | None = None,
 ) -> Float[Array, " batch"]:
     r"""Continuous-time consistency, in flow-matching form: regress ``F`` on ``F + df/dt``.
 
@@ -350,6 +351,11 @@ def continuous_consistency_loss(
     ``path`` (training). The loss VALUE is ``|g|^2 / d``, the squared rate at which ``f``
     drifts along the flow.
 
+    With ``tangent_normalization=c`` the tangent is normalised per example as in sCM,
+    ``g -> g / (|g| + c)`` (``|g|`` the Euclidean norm over the event): each example's
+    gradient keeps its direction and its size stays below ``2 |grad F| / d``, which keeps
+    training stable where ``df/dt`` is large (near the noise end).
+
     Args:
         apply: a :class:`ConsistencyMap` (its ``apply`` gives ``F``).
         params: the parameters ``theta``.
@@ -361,6 +367,8 @@ def continuous_consistency_loss(
         x0: ``[B, *event]`` noise or ``None``.
         args: conditioning passed to the network and the teacher.
         time_sampler: ``time_sampler(n, *, key, dtype) -> (n,)`` (default uniform).
+        tangent_normalization: ``c > 0`` to normalise the tangent (sCM uses 0.1), or
+            ``None`` (default) for the raw tangent.
 
     Returns:
         ``[B]`` per-example losses.
@@ -368,7 +376,7 @@ def continuous_consistency_loss(
     Raises:
         TypeError: ``apply`` not a :class:`ConsistencyMap`; bad ``path``, ``key``,
             ``teacher``.
-        ValueError: shapes; times outside ``[0, 1]``.
+        ValueError: shapes; times outside ``[0, 1]``; ``tangent_normalization <= 0``.
 
     References:
         Song et al. 2023 (continuous-time consistency); Lu & Song, "Simplifying,
@@ -379,6 +387,8 @@ def continuous_consistency_loss(
             "`apply` must be a jfm.ConsistencyMap (from jfm.consistency_map(net_apply)): the "
             f"loss needs its c_skip/c_out; got {type(apply).__name__}."
         )
+    if tangent_normalization is not None:
+        check_positive(tangent_normalization, "tangent_normalization")
     x1, x0, key_t, _ = start(apply, x1, path, key, x0)
     t = training_times(time_sampler, x1.shape[0], key=key_t, dtype=x1.dtype)
     xt, v = on_path(path, t, x0, x1)
@@ -386,12 +396,15 @@ def continuous_consistency_loss(
         v = teacher_velocity(teacher, t, xt, args)
     if target_params is None:
         out, _, g = consistency_tangent(apply, params, t, xt, v, args)
-        target = lax.stop_gradient(out + g)
+        out_t = out
     else:
         tp = lax.stop_gradient(target_params)
         out_t, _, g = consistency_tangent(apply, tp, t, xt, v, args)
-        target = lax.stop_gradient(out_t + g)
         out = call(apply.apply, params, t, xt, args)
+    if tangent_normalization is not None:
+        norm = jnp.sqrt(jnp.sum(g**2, axis=tuple(range(1, g.ndim)), keepdims=True))
+        g = g / (norm + jnp.asarray(tangent_normalization, g.dtype))
+    target = lax.stop_gradient(out_t + g)
     return event_mean((out - target) ** 2)
 
 
