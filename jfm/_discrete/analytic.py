@@ -41,6 +41,14 @@ def _log_emission(path: MixtureDiscretePath, t, x: Array, dtype) -> Array:
     return jnp.log(k * same + (1 - k) * p0[:, None])
 
 
+def _fallback(x: Array, prior: Array, vocab_size: int) -> Array:
+    """The denoiser's convention on states of probability zero under ``p_t`` (which a
+    sampler step can reach, as it moves several tokens at once): tokens of the data
+    vocabulary stay, masked ones get the data's marginal of their position, ``[L, V]``."""
+    keep = jax.nn.one_hot(x, vocab_size, dtype=prior.dtype)
+    return jnp.where((x < vocab_size)[:, None], keep, prior)
+
+
 def _check_pmf(p, name: str) -> None:
     if is_concrete(p):
         pn = np.asarray(p, dtype=np.float64)
@@ -163,7 +171,7 @@ class DiscreteMixture(eqx.Module):
 
     def _index(self, x: Array) -> Array:
         """``[K]`` bool, which support point equals ``x``."""
-        return jnp.all(self.support == x[None, :], axis=-1)
+        return jnp.all(self.support == x.astype(self.support.dtype)[None, :], axis=-1)
 
     def log_prob(self, x: Int[ArrayLike, " L"]) -> Float[Array, ""]:
         """``log q(x)`` of one sequence ``[L]`` (``-inf`` off the support)."""
@@ -248,10 +256,19 @@ class DiscreteMixture(eqx.Module):
     def posterior(
         self, path: MixtureDiscretePath, t: RealScalarLike, x: Int[ArrayLike, " L"]
     ) -> Float[Array, "L V"]:
-        """The exact denoiser: per-token posterior marginals ``p^i_{1|t}(. | x)``, ``[L, V]``."""
-        w = self.posterior_weights(path, t, x)
-        onehot = jax.nn.one_hot(self.support, self.vocab_size, dtype=w.dtype)  # [K, L, V]
-        return jnp.einsum("k,klv->lv", w, onehot)
+        """The exact denoiser: per-token posterior marginals ``p^i_{1|t}(. | x)``, ``[L, V]``.
+
+        Where ``p_t(x) = 0`` (a state off the data's reach, which a sampler step that moves
+        several tokens at once can produce) the posterior is undefined; the convention is
+        then: tokens in the vocabulary stay (``delta_{x^i}``), masked tokens get the data
+        marginal of their position.
+        """
+        _check_path(path, self.vocab_size)
+        joint = self._joint(path, t, x)
+        onehot = jax.nn.one_hot(self.support, self.vocab_size, dtype=joint.dtype)  # [K, L, V]
+        post = jnp.einsum("k,klv->lv", jax.nn.softmax(joint), onehot)
+        prior = jnp.einsum("k,klv->lv", self.weights, onehot)
+        return jnp.where(jnp.isfinite(joint).any(), post, _fallback(x, prior, self.vocab_size))
 
     def denoiser(self, path: MixtureDiscretePath) -> ExactDenoiser:
         """The exact denoiser as ``(t, x, args) -> log p_{1|t} [L, V]`` for
@@ -370,7 +387,8 @@ class MarkovChain(eqx.Module):
     def posterior(
         self, path: MixtureDiscretePath, t: RealScalarLike, x: Int[ArrayLike, " L"]
     ) -> Float[Array, "L V"]:
-        """The exact denoiser ``p^i_{1|t}(. | x)``, ``[L, V]``, by forward-backward."""
+        """The exact denoiser ``p^i_{1|t}(. | x)``, ``[L, V]``, by forward-backward (with
+        :meth:`DiscreteMixture.posterior`'s convention where ``p_t(x) = 0``)."""
         _check_path(path, self.vocab_size)
         x = check_tokens(x, "x", path.num_states)
         dtype = self.initial.dtype
@@ -394,7 +412,14 @@ class MarkovChain(eqx.Module):
         _, betas = jax.lax.scan(bwd, bl, e[1:], reverse=True)
         betas = jnp.concatenate([betas, bl[None]])
         post = alphas * betas
-        return post / post.sum(-1, keepdims=True)
+        post = post / post.sum(-1, keepdims=True)
+
+        def marg(pi, _):
+            return pi @ p, pi
+
+        _, prior = jax.lax.scan(marg, self.initial, None, length=x.shape[0])
+        ok = jnp.all(jnp.isfinite(post))
+        return jnp.where(ok, post, _fallback(x, prior, self.vocab_size))
 
     def denoiser(self, path: MixtureDiscretePath) -> ExactDenoiser:
         """The exact denoiser ``(t, x, args) -> log p_{1|t} [L, V]``."""

@@ -128,11 +128,13 @@ class TokenMLP(nnx.Module):
             raise TypeError(f"`x` must have an integer dtype (token ids); got {x.dtype}.")
         if x.ndim != 2 or x.shape[1] != self.length:
             raise ValueError(f"`x` must have shape (B, L) with L={self.length}; got {x.shape}.")
-        if x.size and is_concrete(x) and (int(x.min()) < 0 or int(x.max()) >= self.num_states):
-            raise ValueError(
-                f"`x` must hold tokens in [0, {self.num_states}); got values in "
-                f"[{int(x.min())}, {int(x.max())}]."
-            )
+        if x.size and is_concrete(x):
+            with jax.ensure_compile_time_eval():  # a constant closed over by a jit trace
+                lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= self.num_states:
+                raise ValueError(
+                    f"`x` must hold tokens in [0, {self.num_states}); got values in [{lo}, {hi}]."
+                )
         batch = x.shape[0]
         cdtype = self.dtype
         emb = self.token_embed(x).astype(cdtype).reshape(batch, -1)
