@@ -120,6 +120,21 @@ from ._fewstep import (
     two_time_field as two_time_field,
 )
 
+# -- discrete flow matching -------------------------------------------------------------
+from ._discrete import (
+    DiscreteGuidance as DiscreteGuidance,
+    DiscreteMixture as DiscreteMixture,
+    DiscreteSolution as DiscreteSolution,
+    ExactDenoiser as ExactDenoiser,
+    MarkovChain as MarkovChain,
+    MixtureDiscretePath as MixtureDiscretePath,
+    ModelDenoiser as ModelDenoiser,
+    denoiser_from_model as denoiser_from_model,
+    dfm_loss as dfm_loss,
+    discrete_guidance as discrete_guidance,
+    sample_discrete as sample_discrete,
+)
+
 # -- training -----------------------------------------------------------------------------
 from ._train import (
     NonFiniteError as NonFiniteError,

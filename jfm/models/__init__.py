@@ -9,6 +9,7 @@ from ._embed import (
     sinusoidal_embedding as sinusoidal_embedding,
 )
 from ._mlp import MLP as MLP
+from ._tokens import TokenMLP as TokenMLP
 from ._unet import (
     AttentionBlock as AttentionBlock,
     ResBlock as ResBlock,
