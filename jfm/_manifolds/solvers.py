@@ -172,10 +172,11 @@ class ProjectedSolver(AbstractManifoldSolver, dfx.AbstractAdaptiveSolver):
     at a point of the manifold.
 
     Checklist: the inner solver's order (e.g. 2 for ``dfx.Midpoint()``, 5 for
-    ``dfx.Tsit5()``, measured in the tests); adaptive when the inner solver has an error estimate (``dfx.Heun()``,
-    ``dfx.Tsit5()``, ``dfx.Dopri5()``): the estimate of the ambient step; deterministic;
-    either time direction; the inner solver's evaluations per step (FSAL counted as
-    diffrax's); points on the manifold to round-off after every step.
+    ``dfx.Tsit5()``, measured in the tests); adaptive when the inner solver has an error
+    estimate (``dfx.Heun()``, ``dfx.Tsit5()``, ``dfx.Dopri5()``): the estimate of the
+    ambient step; deterministic; either time direction; the inner solver's evaluations
+    per step (FSAL counted as diffrax's); points on the manifold to round-off after every
+    step.
 
     Args:
         manifold: the :class:`jfm.AbstractManifold` of the state.
