@@ -214,7 +214,7 @@ class WrappedNormalMixture(AbstractManifoldDistribution):
     def log_prob(self, x):
         x = x.astype(self.means.dtype)
         m = jnp.arange(-self.windings, self.windings + 1, dtype=x.dtype) * TWO_PI
-        z = (x[None, :, None] + m - self.means[:, :, None]) / self.scales[:, :, None]
+        z = (x[None, :, None] + m[None, None, :] - self.means[:, :, None]) / self.scales[:, :, None]
         per_dim = logsumexp(-0.5 * z * z, axis=-1) - jnp.log(self.scales)
         per_dim = per_dim - 0.5 * math.log(2 * math.pi)
         return logsumexp(jnp.sum(per_dim, axis=1) + self.log_weights)
