@@ -152,6 +152,29 @@ from ._train import (
 # -- diagnostics --------------------------------------------------------------------------
 from ._continuity import ContinuityReport as ContinuityReport, check_continuity as check_continuity
 
+# -- Riemannian flow matching --------------------------------------------------------------
+from ._manifolds import (
+    SO3 as SO3,
+    AbstractManifold as AbstractManifold,
+    AbstractManifoldDistribution as AbstractManifoldDistribution,
+    AbstractManifoldSolver as AbstractManifoldSolver,
+    Euclidean as Euclidean,
+    FlatTorus as FlatTorus,
+    GeodesicEuler as GeodesicEuler,
+    GeodesicPath as GeodesicPath,
+    IsotropicSO3Mixture as IsotropicSO3Mixture,
+    ManifoldUniform as ManifoldUniform,
+    ProductDistribution as ProductDistribution,
+    ProductManifold as ProductManifold,
+    ProjectedSolver as ProjectedSolver,
+    Sphere as Sphere,
+    VonMisesFisherMixture as VonMisesFisherMixture,
+    WrappedNormalMixture as WrappedNormalMixture,
+    manifold_divergence as manifold_divergence,
+    manifold_log_prob as manifold_log_prob,
+    riemannian_cfm_loss as riemannian_cfm_loss,
+)
+
 # -- subpackages that build on the names above ---------------------------------------------
 from . import distributed as distributed  # meshes, shardings and sharded training
 from . import bench as bench  # solver accuracy, sampling through jfm.sample_ode / jfm.log_prob

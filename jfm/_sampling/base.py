@@ -140,7 +140,7 @@ class FirstRejections(dfx.AbstractAdaptiveStepSizeController):
 def stage_counts(solver: dfx.AbstractSolver) -> tuple[int, bool] | None:
     """``(evaluations per step, FSAL)`` for solvers whose cost is known, else ``None``."""
     if isinstance(solver, AbstractCountedSolver):
-        return solver.evaluations_per_step, False
+        return solver.evaluations_per_step, bool(getattr(solver, "fsal", False))
     if isinstance(solver, dfx.Euler):
         return 1, False
     if isinstance(solver, dfx.AbstractERK) and isinstance(solver.tableau, dfx.ButcherTableau):

@@ -133,7 +133,10 @@ def step_control(
             f": {how}; got {', '.join(chosen) or 'none'}."
         )
     if can_adapt is None:
-        can_adapt = isinstance(solver, dfx.AbstractAdaptiveSolver)
+        # A wrapping solver (e.g. jfm.ProjectedSolver) adapts only if its inner one can.
+        can_adapt = isinstance(solver, dfx.AbstractAdaptiveSolver) and bool(
+            getattr(solver, "has_error_estimate", True)
+        )
     if dt0 is not None:
         dt0 = check_scalar(dt0, "dt0", dtype)
         if is_concrete((dt0, t_start, t_end)) and not float(dt0) * float(t_end - t_start) > 0:

@@ -8,6 +8,7 @@ from ._embed import (
     SinusoidalEmbedding as SinusoidalEmbedding,
     sinusoidal_embedding as sinusoidal_embedding,
 )
+from ._manifold import ManifoldMLP as ManifoldMLP
 from ._mlp import MLP as MLP
 from ._tokens import TokenMLP as TokenMLP
 from ._unet import (
