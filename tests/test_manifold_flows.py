@@ -12,6 +12,9 @@ import pytest
 
 import jfm
 
+# Compile-heavy (a few minutes on 2 cores): behind the slow marker until trimmed.
+pytestmark = pytest.mark.slow
+
 S2, SO3, T2 = jfm.Sphere(2), jfm.SO3(), jfm.FlatTorus(2)
 EZ = jnp.array([0.0, 0.0, 1.0])
 

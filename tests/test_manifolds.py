@@ -12,6 +12,9 @@ from flax import nnx
 
 import jfm
 
+# Compile-heavy (a few minutes on 2 cores): behind the slow marker until trimmed.
+pytestmark = pytest.mark.slow
+
 
 def _vj(f, *a, **k):
     """``jax.jit(jax.vmap(f))``: one compiled call instead of op-by-op dispatch."""
