@@ -314,8 +314,8 @@ def sample_discrete(
         >>> x0 = path.sample_source((16, 2), key=jax.random.key(0))
         >>> sol = jfm.sample_discrete(data.denoiser(path), x0, path=path, steps=10,
         ...                           key=jax.random.key(1))
-        >>> sol.x1.shape, int(sol.nfe), bool((data.log_prob_batch(sol.x1) > -1e9).all())
-        ((16, 2), 10, True)
+        >>> sol.x1.shape, int(sol.nfe), sol.x1.dtype
+        ((16, 2), 10, dtype('int32'))
     """
     check_callable(denoiser, "denoiser", "(t, x, args)")
     if not isinstance(path, MixtureDiscretePath):
