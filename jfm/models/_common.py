@@ -92,7 +92,10 @@ def embed_class_labels(embed: nnx.Embed, k: int, labels: Any, batch: int) -> Arr
         raise TypeError(f"`args` (class labels) must have an integer dtype; got {labels.dtype}.")
     labels = per_example(labels, batch, "args", "class labels")
     if labels.size and is_concrete(labels):
-        lo, hi = int(labels.min()), int(labels.max())
+        # numpy on the concrete values: under jit, jnp reductions of a closed-over
+        # constant would return tracers.
+        concrete = np.asarray(labels)
+        lo, hi = int(concrete.min()), int(concrete.max())
         if lo < 0 or hi > k:
             raise ValueError(
                 f"`args` (class labels) must lie in [0, {k}] ({k} is the null class); "
