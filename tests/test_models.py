@@ -121,6 +121,12 @@ def test_mlp_class_conditioning(getkey):
         np.testing.assert_allclose(
             mixed[i], net(t, x, jnp.full(4, i, jnp.int32))[i], rtol=1e-12, atol=1e-12
         )
+    # Labels closed over by a jitted function are constants, range-checked like eager ones.
+    labels = jnp.array([0, 1, 2, 3])
+    np.testing.assert_allclose(jax.jit(lambda x: net(t, x, labels))(x), mixed, rtol=1e-12)
+    bad = labels + 1  # 4 > num_classes=3
+    with raises_arg(ValueError, "args"):
+        jax.jit(lambda x: net(t, x, bad))(x)
 
 
 def test_mlp_errors():
